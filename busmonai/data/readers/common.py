@@ -27,7 +27,7 @@ def require_dir(root: Path | str) -> Path:
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, naturally sorted."""
     return sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES),
         key=lambda p: natural_key(p.name),
     )
 

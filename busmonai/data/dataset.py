@@ -1,0 +1,133 @@
+"""Datalists -> item lists and tensors for the bundles' MONAI datasets.
+
+Bundles read prepared datalists (DESIGN.md, "Data contract") through :func:`datalist_split`, which
+resolves paths, filters classes, checks the configured image size, and holds out a validation
+subset when the datalist has none. :class:`LoadPNGd` loads the PNGs as (1, H, W) float tensors
+in [0, 1] and names the file and the config key when one does not fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+from PIL import Image
+
+from busmonai.data.prepare import load_datalist
+from busmonai.errors import BusmonaiInputError
+
+ALL_CLASSES: tuple[str, ...] = ("benign", "malignant", "normal")
+TUMOR_CLASSES: tuple[str, ...] = ("benign", "malignant")
+
+
+def datalist_split(
+    datalist: str | Path,
+    split: str = "training",
+    classes: Sequence[str] = ALL_CLASSES,
+    image_size: int | None = None,
+    holdout: float = 0.0,
+    seed: int = 0,
+    keys: Sequence[str] = ("image",),
+) -> list[dict[str, Any]]:
+    """Items of one split with absolute ``image`` / ``mask`` paths.
+
+    Args:
+        datalist: path of a datalist written by ``busmonai prepare`` (or the synthesis pipeline).
+        split: ``training``, ``validation`` or ``test``. With ``holdout > 0``, ``training`` and
+            ``validation`` are cut from the training list when the datalist's own validation
+            list is empty: ``validation`` is a seeded ``holdout`` fraction of training and
+            ``training`` the rest.
+        classes: keep only items of these classes.
+        image_size: the configured image side; a datalist of another size is an error naming
+            the ``image_size`` key and the fix.
+        holdout: fraction of training held out as validation when the datalist has none.
+        seed: seed of that holdout.
+        keys: item keys to keep (others are dropped so batches collate; e.g. ``label`` is null
+            for normal images). A kept key missing or null in an item is an error.
+
+    Raises:
+        BusmonaiInputError: missing datalist, unknown split, size mismatch, or no item left.
+    """
+    path = Path(datalist)
+    data = load_datalist(path)
+    if split not in ("training", "validation", "test"):
+        raise BusmonaiInputError(f"unknown split {split!r}; use training, validation or test")
+    if image_size is not None and "size" in data and list(data["size"]) != [image_size, image_size]:
+        raise BusmonaiInputError(
+            f"{path}: images are {data['size'][0]}x{data['size'][1]} px but the bundle's 'image_size' is "
+            f"{image_size}; re-run 'busmonai prepare ... --size {image_size}' or pass --image_size {data['size'][0]}"
+        )
+    items = list(data.get(split) or [])
+    if holdout > 0 and split in ("training", "validation") and not data.get("validation"):
+        pool = [i for i in data["training"] if i.get("class") in classes]
+        order = np.random.default_rng(seed).permutation(len(pool))
+        n_val = max(1, int(round(holdout * len(pool)))) if len(pool) > 1 else 0
+        chosen = set(order[:n_val].tolist())
+        items = [item for k, item in enumerate(pool) if (k in chosen) == (split == "validation")]
+    items = [dict(item) for item in items if item.get("class") in classes]
+    if not items:
+        raise BusmonaiInputError(
+            f"{path}: no {'/'.join(classes)} items in the '{split}' split; check the datalist or the split fractions"
+        )
+    kept: list[dict[str, Any]] = []
+    for item in items:
+        missing = [key for key in keys if item.get(key) is None]
+        if missing:
+            raise BusmonaiInputError(
+                f"{path}: item {item.get('image')} of the '{split}' split has no {', '.join(missing)}; "
+                "re-run 'busmonai prepare' or select other classes"
+            )
+        entry = {key: item[key] for key in keys}
+        for key in ("image", "mask"):
+            if key in entry:
+                entry[key] = str((path.parent / entry[key]).resolve())
+        kept.append(entry)
+    return kept
+
+
+class LoadPNGd(MapTransform):
+    """Load greyscale PNGs as float32 tensors (1, H, W) in [0, 1], checking their size.
+
+    Args:
+        keys: item keys holding file paths (e.g. ``image``, ``mask``).
+        image_size: expected side; another size is an error naming the file and ``image_size``.
+        binary_keys: keys thresholded at one half (masks).
+    """
+
+    def __init__(self, keys: Sequence[Hashable] | Hashable, image_size: int | None = None,
+                 binary_keys: Sequence[Hashable] = ("mask",)) -> None:
+        super().__init__(keys)
+        self.image_size = image_size
+        self.binary_keys = set(binary_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            out[key] = self.load(out[key], binary=key in self.binary_keys)
+        return out
+
+    def load(self, path: str | Path, binary: bool = False) -> torch.Tensor:
+        """Load one file (see class docstring)."""
+        try:
+            image = Image.open(path)
+            image.load()
+        except (OSError, ValueError) as err:
+            raise BusmonaiInputError(f"{path}: not a readable image ({err}); re-run 'busmonai prepare'") from err
+        if image.mode not in ("L", "1", "I;16", "I"):
+            raise BusmonaiInputError(
+                f"{path}: {len(image.getbands())}-channel image ({image.mode}) but the bundles take single-channel "
+                "images (in_channels 1); prepare the data with 'busmonai prepare', which converts to greyscale"
+            )
+        array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        if self.image_size is not None and array.shape != (self.image_size, self.image_size):
+            raise BusmonaiInputError(
+                f"{path}: image is {array.shape[1]}x{array.shape[0]} px but 'image_size' is {self.image_size}; "
+                f"re-run 'busmonai prepare ... --size {self.image_size}' or set --image_size"
+            )
+        if binary:
+            array = (array >= 0.5).astype(np.float32)
+        return torch.from_numpy(array)[None]
