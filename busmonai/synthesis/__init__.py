@@ -1,0 +1,1 @@
+"""Masks -> prompts -> diffusion sampling -> labeled synthetic datasets on disk."""
