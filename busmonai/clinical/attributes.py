@@ -6,8 +6,9 @@ CP (MICCAI 2025) and the SCMG paper (Medical Image Analysis 2025) need them deri
 
 1. The image is smoothed with a Gaussian of ``SMOOTH_SIGMA`` px to damp single-pixel speckle and
    normalised by its own standard deviation ``s`` over the whole image (gain-free).
-2. **Heterogeneity** ``h = std(I inside the lesion) / s``: internal echo variation relative to
-   the image's. Lesions with ``h > heterogeneity_threshold`` are *heterogeneous*, others
+2. **Heterogeneity** ``h = std(I inside the lesion core) / s``: internal echo variation relative
+   to the image's. The core is the mask eroded by ``CORE_EROSION`` px, so a blurred rim (an
+   anechoic cyst's dark-to-bright edge) does not count as internal variation. Lesions with ``h > heterogeneity_threshold`` are *heterogeneous*, others
    *homogeneous*.
 3. **Edge contrast** ``c = |mean(I in a band of RING px outside) - mean(I in a band of RING px
    inside)| / s``: how strongly the lesion stands out across its edge. Lesions with
@@ -34,6 +35,8 @@ SMOOTH_SIGMA = 1.0
 """Gaussian smoothing (px) before measuring, to damp speckle."""
 RING = 3
 """Width (px) of the bands inside and outside the lesion edge used for the edge contrast."""
+CORE_EROSION = 2
+"""Erosion (px) of the mask before measuring heterogeneity (whole mask if nothing is left)."""
 _EPS = 1e-6
 
 
@@ -108,6 +111,9 @@ def attribute_scores(image: np.ndarray, mask: np.ndarray) -> AttributeScores:
     outer = ndimage.binary_dilation(mask, iterations=RING) & ~mask
     if not outer.any():  # lesion fills the image: no outside to compare with
         outer = ~inner if (~inner).any() else inner
-    heterogeneity = float(smooth[mask].std()) / scale
+    core = ndimage.binary_erosion(mask, iterations=CORE_EROSION)
+    if not core.any():
+        core = mask
+    heterogeneity = float(smooth[core].std()) / scale
     edge_contrast = abs(float(smooth[outer].mean()) - float(smooth[inner].mean())) / scale
     return AttributeScores(round(heterogeneity, 6), round(edge_contrast, 6))
