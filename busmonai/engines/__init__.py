@@ -1,0 +1,1 @@
+"""Ignite trainers (``monai.engines`` subclasses) and handlers for each busmonai stage."""

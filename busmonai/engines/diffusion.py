@@ -1,0 +1,154 @@
+"""Training the text-conditioned latent diffusion UNet (METHOD.md section 2).
+
+DDPM noise prediction ``E ||eps - eps_theta(z_t, t, C(tau))||^2`` on cached latents with, from the
+DESIGN.md probes of what a CPU budget buys: min-SNR-gamma loss weighting (Hang et al., ICCV 2023),
+an exponential moving average of the weights (the EMA weights are what sampling uses), gradient
+clipping and a warm-up. Classifier-free guidance is trained by prompt dropout: a dropped
+prompt's context is filled with -1, the value MONAI's inferers use for the unconditional branch
+at sampling time (``cfg_fill_value``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.engines import Trainer
+from monai.networks.schedulers import Scheduler
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+UNCONDITIONAL_FILL = -1.0
+"""Context value of a dropped prompt; MONAI's ``DiffusionInferer.sample(cfg_fill_value=-1)``."""
+
+
+def ema_model(network: nn.Module, decay: float = 0.999) -> AveragedModel:
+    """An EMA copy of ``network`` (``torch.optim.swa_utils``), buffers included."""
+    return AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def min_snr_weights(scheduler: Scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights for epsilon prediction: ``min(SNR_t, gamma) / SNR_t`` (1 if gamma <= 0)."""
+    if gamma <= 0:
+        return torch.ones_like(timesteps, dtype=torch.float32)
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1.0 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def drop_context(context: torch.Tensor, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each sample's context by the unconditional fill with ``probability``."""
+    if probability <= 0:
+        return context
+    keep = torch.rand(context.shape[0], generator=generator, device="cpu") >= probability
+    keep = keep.to(context.device).view(-1, *([1] * (context.ndim - 1)))
+    return torch.where(keep, context, torch.full_like(context, UNCONDITIONAL_FILL))
+
+
+class DiffusionTrainer(Trainer):
+    """An Ignite trainer for epsilon-prediction diffusion on cached latents.
+
+    Each iteration: scale the batch's ``latent`` by the network's ``scale_factor``, draw noise and
+    timesteps, add noise with ``noise_scheduler``, encode the batch's prompts with
+    ``context_fn`` (with prompt dropout), predict the noise with :meth:`predict_noise`, and step
+    the optimizer on the min-SNR-weighted MSE. Subclasses (ControlNet) override
+    :meth:`predict_noise` and :meth:`trainable_parameters`.
+
+    Args:
+        device: training device.
+        max_epochs: epochs to run.
+        train_data_loader: yields dicts with ``latent`` (B, C, h, w) and ``prompt`` (list of str).
+        network: a :class:`busmonai.networks.latent_diffusion.LatentDiffusionModel`.
+        optimizer: optimizer of the trainable parameters.
+        noise_scheduler: a MONAI ``DDPMScheduler``.
+        context_fn: ``context_fn(prompts) -> (B, L, D)`` text embeddings (a cache lookup for
+            frozen encoders).
+        condition_dropout: probability of dropping a prompt (classifier-free guidance).
+        min_snr_gamma: gamma of the min-SNR weighting; 0 for plain MSE.
+        ema: an EMA model updated after every step, or None.
+        grad_clip: max gradient norm; 0 for none.
+        seed: seed of the trainer's own generator (noise, timesteps, prompt dropout).
+        train_handlers: Ignite handlers to attach.
+        **kwargs: passed to ``monai.engines.Trainer`` (``train_handlers``, ``epoch_length``...).
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Any,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        noise_scheduler: Scheduler,
+        context_fn: Callable[[Sequence[str]], torch.Tensor],
+        condition_dropout: float = 0.1,
+        min_snr_gamma: float = 5.0,
+        ema: AveragedModel | None = None,
+        grad_clip: float = 1.0,
+        seed: int = 0,
+        train_handlers: Sequence[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("decollate", False)
+        super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader,
+                         handlers=train_handlers, **kwargs)
+        self.network = network
+        self.optimizer = optimizer
+        self.noise_scheduler = noise_scheduler
+        self.context_fn = context_fn
+        self.condition_dropout = float(condition_dropout)
+        self.min_snr_gamma = float(min_snr_gamma)
+        self.ema = ema
+        self.grad_clip = float(grad_clip)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimizer steps (for gradient clipping)."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                      batch: dict[str, Any]) -> torch.Tensor:
+        """The network's noise prediction."""
+        return self.network(noisy, timesteps=timesteps, context=context)
+
+    def _iteration(self, engine: DiffusionTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("must provide batch data for current iteration.")
+        device = engine.state.device
+        model = getattr(engine.network, "module", engine.network)  # unwrap DistributedDataParallel
+        latents = batchdata["latent"].to(device) * model.scale_factor
+        noise = torch.randn(latents.shape, generator=engine.generator).to(device)
+        timesteps = torch.randint(
+            0, engine.noise_scheduler.num_train_timesteps, (latents.shape[0],), generator=engine.generator
+        ).to(device)
+        noisy = engine.noise_scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
+        context = drop_context(engine.context_fn(list(batchdata["prompt"])).to(device),
+                               engine.condition_dropout, engine.generator)
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        prediction = engine.predict_noise(noisy, timesteps, context, batchdata)
+        per_sample = (prediction.float() - noise.float()).pow(2).mean(dim=list(range(1, noise.ndim)))
+        loss = (per_sample * min_snr_weights(engine.noise_scheduler, timesteps, engine.min_snr_gamma)).mean()
+        loss.backward()
+        if engine.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(engine.trainable_parameters(), engine.grad_clip)
+        engine.optimizer.step()
+        if engine.ema is not None:
+            engine.ema.update_parameters(model)
+        return {"loss": loss.item(), "mse": per_sample.mean().item()}
+
+
+def make_context_fn(text_encoder: nn.Module, prompts: Sequence[str]) -> Callable[[Sequence[str]], torch.Tensor]:
+    """``prompts -> context``: a cache lookup for a frozen encoder (the training prompts and the
+    empty prompt are encoded once), or the encoder itself when it trains with the UNet."""
+    from busmonai.networks.text_encoders import PromptEmbeddingCache
+
+    if getattr(text_encoder, "trainable", False):
+        return text_encoder.encode  # type: ignore[return-value]
+    return PromptEmbeddingCache(text_encoder, [*sorted(set(prompts)), ""]).lookup
+
+
+def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over ``warmup_steps`` iterations, then constant (CP's schedule)."""
+    return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))

@@ -1,0 +1,231 @@
+"""Ignite handlers shared by every stage's trainer.
+
+- :class:`ResumeFromLatest`: on start, restore the newest resume checkpoint in ``output_dir``
+  (network, optimizer, trainer state), so re-running a bundle with the same ``output_dir``
+  continues where it stopped.
+- :class:`TimeBudget`: stop training after a wall-clock budget (``max_minutes``), used by the
+  demo and the benchmarks to size runs for this CPU.
+- :class:`PreviewGrid`: a PNG grid (and a TensorBoard image) of samples or reconstructions.
+- :class:`MetricsWriter`: ``metrics.json`` at the end: iterations, time, best validation metric.
+- :class:`ValidateAtEnd`: one last validation when training ends off the validation interval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+
+from busmonai.data.imageio import save_png
+from busmonai.errors import BusmonaiInputError
+from busmonai.visualize import grid
+
+logger = logging.getLogger(__name__)
+
+RESUME_PREFIX = "resume"
+_RESUME_RE = re.compile(rf"^{RESUME_PREFIX}_.*=(\d+)\.pt$")
+
+
+def latest_resume_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest ``resume_*=N.pt`` checkpoint in ``output_dir``, or None."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _RESUME_RE.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def write_json_atomic(data: Mapping[str, Any], path: str | Path) -> None:
+    """Write JSON through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(data, stream, indent=1, default=float)
+        stream.write("\n")
+    os.replace(tmp, path)
+
+
+def writes_files(handler: Any) -> bool:
+    """True for handlers that write to ``output_dir`` (kept on rank 0 only in multi-GPU runs)."""
+    from monai.handlers import CheckpointSaver, TensorBoardHandler
+
+    return isinstance(handler, (CheckpointSaver, TensorBoardHandler, PreviewGrid, MetricsWriter))
+
+
+class ResumeFromLatest:
+    """Restore ``load_dict`` from the newest resume checkpoint of ``output_dir`` when training starts.
+
+    Args:
+        output_dir: the stage's output folder (where ``CheckpointSaver(file_prefix="resume")`` writes).
+        load_dict: objects to restore, as given to the saver (must include ``trainer``).
+        enabled: False to start from scratch even if a checkpoint exists.
+    """
+
+    def __init__(self, output_dir: str | Path, load_dict: Mapping[str, Any], enabled: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.load_dict = dict(load_dict)
+        self.enabled = enabled
+
+    def attach(self, engine: Engine) -> None:
+        """Restore at ``Events.STARTED``; at ``COMPLETED`` drop resume files older than the newest."""
+        engine.add_event_handler(Events.STARTED, self)
+        engine.add_event_handler(Events.COMPLETED, self._drop_stale)
+
+    def _drop_stale(self, engine: Engine) -> None:
+        newest = latest_resume_checkpoint(self.output_dir)
+        for path in self.output_dir.glob(f"{RESUME_PREFIX}_*.pt"):
+            if newest is not None and path != newest and _RESUME_RE.match(path.name):
+                path.unlink(missing_ok=True)
+
+    def __call__(self, engine: Engine) -> None:
+        path = latest_resume_checkpoint(self.output_dir) if self.enabled else None
+        if path is None:
+            return
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        max_epochs = engine.state.max_epochs
+        try:
+            Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint, strict=True)
+        except (RuntimeError, KeyError) as err:
+            raise BusmonaiInputError(
+                f"{path}: cannot resume, the checkpoint does not fit the configured networks ({err}); "
+                "use another output_dir or pass --resume false"
+            ) from err
+        if max_epochs is not None and engine.state.epoch >= max_epochs:
+            logger.info("%s is already at epoch %d of %d", path, engine.state.epoch, max_epochs)
+        engine.state.max_epochs = max(max_epochs or 0, engine.state.epoch)
+        logger.info("resumed from %s at iteration %d", path, engine.state.iteration)
+        engine.state.resumed_from = str(path)  # type: ignore[attr-defined]
+        engine.state.resumed_iteration = engine.state.iteration  # type: ignore[attr-defined]
+
+
+class TimeBudget:
+    """Terminate the engine once ``max_minutes`` of wall-clock time have passed (0: no limit)."""
+
+    def __init__(self, max_minutes: float = 0.0) -> None:
+        self.max_seconds = 60.0 * float(max_minutes or 0.0)
+        self.start = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        """Check after every iteration."""
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _start(self, engine: Engine) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self, engine: Engine) -> None:
+        if self.max_seconds > 0 and time.perf_counter() - self.start >= self.max_seconds:
+            logger.info("time budget of %.1f min reached at iteration %d", self.max_seconds / 60, engine.state.iteration)
+            engine.terminate()
+
+
+class PreviewGrid:
+    """Write a PNG grid (and a TensorBoard image) of what the model makes.
+
+    Args:
+        make_rows: ``make_rows(engine) -> list of (N, 1, H, W) tensors in [0, 1]``, one per grid row
+            (e.g. inputs then reconstructions, or samples per prompt).
+        path: the PNG to (re)write.
+        interval: epochs between previews; the grid is always written when training completes.
+        summary_writer: a TensorBoard ``SummaryWriter`` shared with the stats handlers, or None.
+        tag: TensorBoard image tag.
+    """
+
+    def __init__(self, make_rows: Callable[[Engine], Sequence[torch.Tensor]], path: str | Path,
+                 interval: int = 10, summary_writer: Any = None, tag: str = "preview") -> None:
+        self.make_rows = make_rows
+        self.path = Path(path)
+        self.interval = max(1, int(interval))
+        self.summary_writer = summary_writer
+        self.tag = tag
+
+    def attach(self, engine: Engine) -> None:
+        """Run every ``interval`` epochs and at completion."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        with torch.no_grad():
+            rows = [r.detach().float().cpu().clamp(0, 1) for r in self.make_rows(engine)]
+        ncols = max(r.shape[0] for r in rows)
+        tiles: list[np.ndarray] = []
+        for row in rows:
+            images = [(img[0].numpy() * 255).round().astype(np.uint8) for img in row]
+            images += [np.zeros_like(images[0])] * (ncols - len(images))
+            tiles.extend(images)
+        sheet = grid(tiles, ncols=ncols, pad=2, fill=255)
+        save_png(sheet, self.path)
+        if self.summary_writer is not None:
+            self.summary_writer.add_image(self.tag, sheet[None], engine.state.iteration)
+            self.summary_writer.flush()
+
+
+class ValidateAtEnd:
+    """Run ``validator`` once more at completion unless it just ran for this epoch."""
+
+    def __init__(self, validator: Engine, interval: int) -> None:
+        self.validator = validator
+        self.interval = max(1, int(interval))
+
+    def attach(self, engine: Engine) -> None:
+        """Run at ``Events.COMPLETED``."""
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.epoch % self.interval != 0 or engine.should_terminate:
+            self.validator.run(engine.state.epoch)
+
+
+class MetricsWriter:
+    """Write ``metrics.json``: iterations, epochs, seconds, last losses and the validator's best metric.
+
+    Args:
+        path: the JSON file.
+        validator: the evaluator whose ``best_metric`` / ``metrics`` are recorded, or None.
+        loss_keys: keys of the trainer output to record (their last values).
+        extra: constant entries to add (e.g. the profile name).
+    """
+
+    def __init__(self, path: str | Path, validator: Engine | None = None,
+                 loss_keys: Sequence[str] = ("loss",), extra: Mapping[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self.validator = validator
+        self.loss_keys = tuple(loss_keys)
+        self.extra = dict(extra or {})
+        self.start = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        """Time from ``STARTED``, write at ``COMPLETED``."""
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _start(self, engine: Engine) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output if isinstance(engine.state.output, Mapping) else {}
+        data: dict[str, Any] = {
+            "iterations": engine.state.iteration,
+            "epochs": engine.state.epoch,
+            "seconds": round(time.perf_counter() - self.start, 3),
+            **{k: float(output[k]) for k in self.loss_keys if k in output},
+            **self.extra,
+        }
+        if self.validator is not None:
+            data["validation"] = {k: float(v) for k, v in self.validator.state.metrics.items()
+                                  if isinstance(v, (int, float))}
+            data["best_metric"] = float(self.validator.state.best_metric)
+            data["best_metric_epoch"] = int(self.validator.state.best_metric_epoch)
+        write_json_atomic(data, self.path)

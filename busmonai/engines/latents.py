@@ -1,0 +1,134 @@
+"""Latents of the frozen autoencoder, encoded once and cached for diffusion training.
+
+The DESIGN.md probes show that re-encoding images through the autoencoder every step wastes
+most of a CPU's budget; the latents of every training image (and of its horizontal flip, so the
+augmentation needs no re-encoding) are computed once, stored in ``output_dir/latents.pt`` with a
+fingerprint of the autoencoder weights, the datalist and the image size, and reused while the
+fingerprint matches. ``scale_factor = 1 / std(z)`` (METHOD.md section 1) is measured on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.transforms import Compose
+from torch import nn
+from tqdm import tqdm
+
+from busmonai.data.dataset import LoadPNGd
+from busmonai.errors import BusmonaiInputError
+
+
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """Short SHA-256 of a file's bytes (recorded in checkpoints and synthetic datalists)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def _fingerprint(items: Sequence[dict[str, Any]], autoencoder_ckpt: str | Path, image_size: int, flips: bool,
+                 extra_keys: Sequence[str]) -> str:
+    payload = json.dumps(
+        {"ae": file_digest(autoencoder_ckpt), "size": image_size, "flips": flips,
+         "items": [[item["image"], *[item.get(k) for k in extra_keys]] for item in items]},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_items(autoencoder: nn.Module, items: Sequence[dict[str, Any]], image_size: int,
+                 device: torch.device | str = "cpu", batch_size: int = 32, flips: bool = True,
+                 progress: bool = True) -> torch.Tensor:
+    """Encode the images of ``items`` to posterior means ``z`` (N, C, h, w); with ``flips`` the
+    horizontally flipped images follow as rows N..2N-1."""
+    load = Compose([LoadPNGd(keys="image", image_size=image_size)])
+    autoencoder.eval()
+    chunks: list[torch.Tensor] = []
+    for flip in ((False, True) if flips else (False,)):
+        for start in tqdm(range(0, len(items), batch_size), desc="encode latents" + (" (flipped)" if flip else ""),
+                          disable=not progress, unit="batch"):
+            batch = torch.stack([load(dict(i))["image"] for i in items[start : start + batch_size]]).to(device)
+            if flip:
+                batch = torch.flip(batch, dims=[-1])
+            mu, _ = autoencoder.encode(batch)
+            chunks.append(mu.cpu())
+    return torch.cat(chunks)
+
+
+def cached_latents(autoencoder: nn.Module, autoencoder_ckpt: str | Path, items: Sequence[dict[str, Any]],
+                   image_size: int, cache_path: str | Path, device: torch.device | str = "cpu",
+                   flips: bool = True, extra_keys: Sequence[str] = ("prompt",), progress: bool = True) -> dict[str, Any]:
+    """Latents of ``items`` from ``cache_path`` if its fingerprint matches, else encoded and saved.
+
+    Returns:
+        ``{"latents": (M, C, h, w), "index": (M,) item index of each row, "scale_factor": float,
+        "fingerprint": str}`` where M = N (or 2N with flips).
+
+    Raises:
+        BusmonaiInputError: no items.
+    """
+    if not items:
+        raise BusmonaiInputError("no training images to encode; check the datalist and the selected classes")
+    cache_path = Path(cache_path)
+    fingerprint = _fingerprint(items, autoencoder_ckpt, image_size, flips, extra_keys)
+    if cache_path.is_file():
+        cached = torch.load(cache_path, map_location="cpu", weights_only=True)
+        if cached.get("fingerprint") == fingerprint:
+            return cached
+    latents = encode_items(autoencoder, items, image_size, device=device, flips=flips, progress=progress)
+    std = float(latents.std())
+    data = {
+        "latents": latents,
+        "index": torch.arange(len(items)).repeat(2 if flips else 1),
+        "scale_factor": 1.0 / std if std > 0 else 1.0,
+        "fingerprint": fingerprint,
+    }
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks encode side by side
+    torch.save(data, tmp)
+    tmp.replace(cache_path)
+    return data
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """Rows of cached latents with the fields of their datalist item (e.g. ``prompt``, ``mask``).
+
+    Args:
+        cache: the dict returned by :func:`cached_latents`.
+        items: the datalist items the cache was built from.
+        keys: item fields to return beside ``latent``.
+        transform: optional MONAI transform applied to the returned dict (e.g. loading masks).
+        flip_keys: keys of image-like tensors (after ``transform``) to flip for flipped rows.
+    """
+
+    def __init__(self, cache: dict[str, Any], items: Sequence[dict[str, Any]], keys: Sequence[str] = ("prompt",),
+                 transform: Any = None, flip_keys: Sequence[str] = ()) -> None:
+        self.latents = cache["latents"]
+        self.index = cache["index"]
+        self.items = list(items)
+        self.keys = tuple(keys)
+        self.transform = transform
+        self.flip_keys = tuple(flip_keys)
+        self.n_items = len(self.items)
+
+    def __len__(self) -> int:
+        return int(self.latents.shape[0])
+
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        item = self.items[int(self.index[row])]
+        data: dict[str, Any] = {"latent": self.latents[row], **{k: item[k] for k in self.keys}}
+        if self.transform is not None:
+            data = self.transform(data)
+        if row >= self.n_items:  # flipped copy
+            for key in self.flip_keys:
+                data[key] = torch.flip(data[key], dims=[-1])
+        return data

@@ -1,0 +1,1 @@
+"""Networks: SCMG generator and discriminator, text encoders, LoRA wiring."""

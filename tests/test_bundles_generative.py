@@ -1,0 +1,169 @@
+"""Autoencoder and LDM bundles end to end on phantom data with tiny networks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bundle_runner import REPO, TINY_AUTOENCODER, TINY_UNET, run_bundle
+from busmonai.errors import BusmonaiInputError
+
+AE_TRAIN = "bundles/autoencoder/configs/train.json"
+LDM_TRAIN = "bundles/ldm/configs/train.json"
+
+
+@pytest.fixture(scope="module")
+def datalist32(phantom_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from busmonai.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("prepared32") / "prepared"
+    prepare_dataset("busi", phantom_source, out, size=32, progress=False)
+    return out / "datalist.json"
+
+
+@pytest.fixture(scope="module")
+def trained_autoencoder(datalist32: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ae") / "autoencoder"
+    run_bundle([AE_TRAIN], datalist=str(datalist32), output_dir=str(out), image_size=32, max_epochs=2,
+               val_interval=1, batch_size=4, **TINY_AUTOENCODER)
+    return out
+
+
+def _ldm_overrides(datalist: Path, autoencoder: Path, out: Path, **extra: object) -> dict:
+    return {"datalist": str(datalist), "output_dir": str(out), "autoencoder_ckpt": str(autoencoder / "model.pt"),
+            "image_size": 32, "batch_size": 8, "preview_steps": 2, **TINY_AUTOENCODER, **TINY_UNET, **extra}
+
+
+def test_autoencoder_trains_and_writes_outputs(trained_autoencoder: Path) -> None:
+    out = trained_autoencoder
+    for name in ("model.pt", "metrics.json", "reconstructions.png"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("events.out.tfevents.*"))
+    assert len(list(out.glob("resume_*.pt"))) == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and "val_psnr" in metrics["validation"] and "val_ssim" in metrics["validation"]
+    assert metrics["best_metric"] == max(metrics["best_metric"], metrics["validation"]["val_psnr"])
+
+
+def test_autoencoder_resumes_from_saved_iteration(trained_autoencoder: Path, datalist32: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "ae"
+    shutil.copytree(trained_autoencoder, out)
+    before = json.loads((out / "metrics.json").read_text())["iterations"]
+    workflow = run_bundle([AE_TRAIN], datalist=str(datalist32), output_dir=str(out), image_size=32, max_epochs=3,
+                          val_interval=1, batch_size=4, **TINY_AUTOENCODER)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.resumed_iteration == before
+    assert trainer.state.epoch == 3 and trainer.state.iteration == before * 3 // 2
+    assert [p.name for p in out.glob("resume_*.pt")] == ["resume_checkpoint_epoch=3.pt"]
+
+
+def test_autoencoder_inference_grid(trained_autoencoder: Path, datalist32: Path, tmp_path: Path) -> None:
+    out = tmp_path / "inference"
+    run_bundle(["bundles/autoencoder/configs/inference.json"], datalist=str(datalist32), output_dir=str(out),
+               autoencoder_ckpt=str(trained_autoencoder / "model.pt"), image_size=32, **TINY_AUTOENCODER)
+    result = json.loads((out / "reconstructions.json").read_text())
+    assert result["n"] > 0 and result["psnr"] > 0
+    assert (out / "reconstructions.png").is_file()
+
+
+def test_autoencoder_rejects_datalist_of_other_size(datalist32: Path, tmp_path: Path) -> None:
+    with pytest.raises(Exception) as info:
+        run_bundle([AE_TRAIN], datalist=str(datalist32), output_dir=str(tmp_path / "o"), image_size=64,
+                   max_epochs=1, **TINY_AUTOENCODER)
+    assert _busmonai_error(info.value, "'image_size' is 64")
+
+
+def _busmonai_error(err: BaseException, text: str) -> bool:
+    """True if ``err`` or an exception it wraps (MONAI wraps config errors) is a
+    BusmonaiInputError whose message contains ``text``."""
+    while err is not None:
+        if isinstance(err, BusmonaiInputError) and text in str(err):
+            return True
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return False
+
+
+@pytest.fixture(scope="module")
+def trained_ldm(datalist32: Path, trained_autoencoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ldm") / "ldm"
+    run_bundle([LDM_TRAIN], **_ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1))
+    return out
+
+
+def test_ldm_trains_with_cached_latents(trained_ldm: Path) -> None:
+    for name in ("model.pt", "metrics.json", "samples.png", "latents.pt"):
+        assert (trained_ldm / name).is_file(), name
+    assert list(trained_ldm.glob("events.out.tfevents.*"))
+    state = torch.load(trained_ldm / "model.pt", weights_only=True)
+    cache = torch.load(trained_ldm / "latents.pt", weights_only=True)
+    assert float(state["scale_factor"]) == pytest.approx(cache["scale_factor"])
+    assert cache["scale_factor"] == pytest.approx(1.0 / float(cache["latents"].std()), rel=1e-5)
+    # both flips of every training image are cached once
+    assert cache["latents"].shape[0] == 2 * (cache["index"].max().item() + 1)
+
+
+def test_ldm_resumes_and_reuses_latent_cache(trained_ldm: Path, datalist32: Path, trained_autoencoder: Path,
+                                             tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "ldm"
+    shutil.copytree(trained_ldm, out)
+    stamp = (out / "latents.pt").stat().st_mtime_ns
+    before = json.loads((out / "metrics.json").read_text())["iterations"]
+    workflow = run_bundle([LDM_TRAIN], **_ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=2))
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.resumed_iteration == before and trainer.state.iteration == 2 * before
+    assert (out / "latents.pt").stat().st_mtime_ns == stamp
+
+
+def test_ldm_with_learned_vocabulary_encoder(datalist32: Path, trained_autoencoder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ldm_vocab"
+    run_bundle([LDM_TRAIN], **_ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1,
+                                             text_encoder_name="vocab", text_encoder_kwargs={"dim": 16}))
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert any(key.startswith("text_encoder.") for key in state)
+
+
+def test_ldm_inference_grid_and_empty_prompt_error(trained_ldm: Path, trained_autoencoder: Path, tmp_path: Path) -> None:
+    common = {"autoencoder_ckpt": str(trained_autoencoder / "model.pt"), "ldm_ckpt": str(trained_ldm / "model.pt"),
+              "image_size": 32, "steps": 2, **TINY_AUTOENCODER, **TINY_UNET}
+    out = tmp_path / "inference"
+    run_bundle(["bundles/ldm/configs/inference.json"], output_dir=str(out), n_per_prompt=2, **common)
+    settings = json.loads((out / "samples.json").read_text())
+    assert len(settings["prompts"]) == 8  # benign / malignant x echogenicity x boundary
+    assert len(list((out / "samples").glob("*.png"))) == 16
+    with pytest.raises(Exception) as info:
+        run_bundle(["bundles/ldm/configs/inference.json"], output_dir=str(tmp_path / "x"), prompts=[], **common)
+    assert _busmonai_error(info.value, "empty prompt list")
+
+
+def test_ldm_rejects_autoencoder_checkpoint_of_other_network(datalist32: Path, trained_autoencoder: Path,
+                                                             tmp_path: Path) -> None:
+    overrides = _ldm_overrides(datalist32, trained_autoencoder, tmp_path / "o", max_epochs=1)
+    overrides["autoencoder_channels"] = [16, 16, 16]
+    with pytest.raises(Exception) as info:
+        run_bundle([LDM_TRAIN], **overrides)
+    assert _busmonai_error(info.value, "'autoencoder_ckpt' checkpoint does not fit")
+
+
+def test_ldm_multi_gpu_config_on_cpu_with_gloo(datalist32: Path, trained_autoencoder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    overrides = _ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1, batch_size=4)
+    args = []
+    for key, value in overrides.items():
+        args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    configs = f"['{LDM_TRAIN}','bundles/ldm/configs/multi_gpu_train.json']"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle",
+                          "run", "--config_file", configs, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (out / "model.pt").is_file()
