@@ -7,11 +7,12 @@ Thin by design: each sub-command parses its arguments and calls the library. Bad
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from busmonai.errors import BusmonaiInputError
+from busmonai.errors import BusmonaiInputError, find_input_error
 
 
 def _bbox(text: str) -> tuple[int, int, int, int]:
@@ -65,8 +66,51 @@ def cmd_masks(args: argparse.Namespace) -> None:
         datalist=args.datalist,
         sigma=args.sigma,
         size_class=args.size_class,
+        checkpoint=args.checkpoint,
     )
     print(f"wrote {summary['n']} {args.label} masks ({args.method}) -> {args.out} (sheet: {summary['sheet']})")
+
+
+def _json_value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    """``busmonai generate --out DIR --n N ...``: runs the ControlNet bundle's inference config."""
+    from busmonai.bundles import bundle_config, run_config
+
+    def absolute(path: Path | None) -> str | None:
+        return str(Path(path).resolve()) if path is not None else None
+
+    overrides: dict[str, object] = {
+        "output_dir": absolute(args.out), "n": args.n, "ratio": args.ratio, "ratio_of": absolute(args.ratio_of),
+        "mask_source": args.mask_source, "mode": args.mode, "guidance": args.guidance, "steps": args.steps,
+        "seed": args.seed, "batch_size": args.batch_size, "image_size": args.image_size,
+    }
+    for key in ("datalist", "autoencoder_ckpt", "ldm_ckpt", "controlnet_ckpt", "scmg_ckpt", "lora_adapter"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = absolute(value)
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise BusmonaiInputError(f"--set {item!r}: expected KEY=VALUE (VALUE as JSON), e.g. --set unet_channels=[32,64,128]")
+        overrides[key] = _json_value(value)
+    for key in ("autoencoder_ckpt", "ldm_ckpt") + (("controlnet_ckpt",) if args.mode != "text" else ()):
+        path = Path(str(overrides.get(key) or Path.cwd() / "runs" / key.split("_")[0] / "model.pt"))
+        if not path.is_file():
+            raise BusmonaiInputError(f"{path}: checkpoint not found for --{key.replace('_', '-')}; train that stage first")
+        overrides[key] = str(path.resolve())
+    if "datalist" not in overrides:
+        overrides["datalist"] = str(Path("data/prepared/datalist.json").resolve())
+    run_config([bundle_config("controlnet", "inference.json")], **overrides)
+    datalist = json.loads((Path(args.out) / "datalist.json").read_text())
+    counts = datalist.get("counts", {}).get("training", {})
+    print(f"generated {sum(counts.values())} images ({', '.join(f'{k} {v}' for k, v in counts.items())}; "
+          f"mode {args.mode}, masks {args.mask_source}) -> {Path(args.out) / 'datalist.json'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +150,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datalist", type=Path, default=None, help="fit sizes and aspects to this datalist's training masks")
     p.add_argument("--sigma", type=float, default=None, help="elastic irregularity (default: per class)")
     p.add_argument("--size-class", choices=("small", "medium", "large"), default=None)
+    p.add_argument("--checkpoint", type=Path, default=Path("runs/scmg/model.pt"),
+                   help="SCMG generator for --method scmg (default runs/scmg/model.pt, written by bundles/scmg)")
     p.set_defaults(func=cmd_masks)
+
+    p = sub.add_parser("generate", help="synthesise a labeled dataset with the ControlNet + LDM")
+    p.add_argument("--out", type=Path, required=True, help="output folder (new, or an unfinished run to resume)")
+    p.add_argument("--n", type=int, default=0, help="number of images (classes balanced)")
+    p.add_argument("--ratio-of", type=Path, default=None, help="real datalist: generate --ratio x its training set")
+    p.add_argument("--ratio", type=float, default=None, help="synthetic:real ratio with --ratio-of (e.g. 1.0)")
+    p.add_argument("--mask-source", choices=("real", "ellipse", "scmg"), default="ellipse")
+    p.add_argument("--mode", choices=("full", "text", "mask"), default="full",
+                   help="full: text + mask; text: no ControlNet; mask: ControlNet without a prompt")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--datalist", type=Path, default=None, help="real datalist for real masks and attribute frequencies")
+    p.add_argument("--autoencoder-ckpt", dest="autoencoder_ckpt", type=Path, default=None)
+    p.add_argument("--ldm-ckpt", dest="ldm_ckpt", type=Path, default=None)
+    p.add_argument("--controlnet-ckpt", dest="controlnet_ckpt", type=Path, default=None)
+    p.add_argument("--scmg-ckpt", dest="scmg_ckpt", type=Path, default=None)
+    p.add_argument("--lora", dest="lora_adapter", type=Path, default=None, help="LoRA adapter for the LDM UNet")
+    p.add_argument("--set", action="append", metavar="KEY=JSON", help="override a bundle config key (network sizes)")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 
@@ -121,8 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; no partial output was kept", file=sys.stderr)
+        print("interrupted; finished files are kept and unfinished ones were not written", file=sys.stderr)
         return 130
+    except RuntimeError as err:  # MONAI wraps errors raised inside bundle configs
+        cause = find_input_error(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        return 2
     return 0
 
 

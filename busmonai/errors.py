@@ -10,3 +10,18 @@ from __future__ import annotations
 
 class BusmonaiInputError(ValueError):
     """Bad input from the user: a missing or malformed file, a wrong size, an unknown name."""
+
+
+def find_input_error(error: BaseException | None) -> BusmonaiInputError | None:
+    """The :class:`BusmonaiInputError` behind ``error``, if any.
+
+    MONAI's config parser wraps exceptions raised while evaluating a bundle config in
+    ``RuntimeError``; the CLI unwraps them to print the user-facing message.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, BusmonaiInputError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

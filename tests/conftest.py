@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bundle_runner import AE_TRAIN, LDM_TRAIN, TINY_AUTOENCODER, ldm_overrides, run_bundle
+
 SHARED_BUSI = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset_BUSI_with_GT"
 
 
@@ -34,3 +36,27 @@ def shared_busi() -> Path:
     if not SHARED_BUSI.is_dir():
         pytest.skip(f"real BUSI data not found at {SHARED_BUSI}")
     return SHARED_BUSI
+
+
+@pytest.fixture(scope="session")
+def datalist32(phantom_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from busmonai.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("prepared32") / "prepared"
+    prepare_dataset("busi", phantom_source, out, size=32, progress=False)
+    return out / "datalist.json"
+
+
+@pytest.fixture(scope="session")
+def trained_autoencoder(datalist32: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ae") / "autoencoder"
+    run_bundle([AE_TRAIN], datalist=str(datalist32), output_dir=str(out), image_size=32, max_epochs=2,
+               val_interval=1, batch_size=4, **TINY_AUTOENCODER)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_ldm(datalist32: Path, trained_autoencoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ldm") / "ldm"
+    run_bundle([LDM_TRAIN], **ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1))
+    return out

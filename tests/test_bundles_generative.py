@@ -11,33 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle_runner import REPO, TINY_AUTOENCODER, TINY_UNET, run_bundle
+from bundle_runner import AE_TRAIN, LDM_TRAIN, REPO, TINY_AUTOENCODER, TINY_UNET, ldm_overrides, run_bundle
 from busmonai.errors import BusmonaiInputError
 
-AE_TRAIN = "bundles/autoencoder/configs/train.json"
-LDM_TRAIN = "bundles/ldm/configs/train.json"
 
 
-@pytest.fixture(scope="module")
-def datalist32(phantom_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from busmonai.data.prepare import prepare_dataset
-
-    out = tmp_path_factory.mktemp("prepared32") / "prepared"
-    prepare_dataset("busi", phantom_source, out, size=32, progress=False)
-    return out / "datalist.json"
-
-
-@pytest.fixture(scope="module")
-def trained_autoencoder(datalist32: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ae") / "autoencoder"
-    run_bundle([AE_TRAIN], datalist=str(datalist32), output_dir=str(out), image_size=32, max_epochs=2,
-               val_interval=1, batch_size=4, **TINY_AUTOENCODER)
-    return out
-
-
-def _ldm_overrides(datalist: Path, autoencoder: Path, out: Path, **extra: object) -> dict:
-    return {"datalist": str(datalist), "output_dir": str(out), "autoencoder_ckpt": str(autoencoder / "model.pt"),
-            "image_size": 32, "batch_size": 8, "preview_steps": 2, **TINY_AUTOENCODER, **TINY_UNET, **extra}
 
 
 def test_autoencoder_trains_and_writes_outputs(trained_autoencoder: Path) -> None:
@@ -91,13 +69,6 @@ def _busmonai_error(err: BaseException, text: str) -> bool:
     return False
 
 
-@pytest.fixture(scope="module")
-def trained_ldm(datalist32: Path, trained_autoencoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ldm") / "ldm"
-    run_bundle([LDM_TRAIN], **_ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1))
-    return out
-
-
 def test_ldm_trains_with_cached_latents(trained_ldm: Path) -> None:
     for name in ("model.pt", "metrics.json", "samples.png", "latents.pt"):
         assert (trained_ldm / name).is_file(), name
@@ -118,7 +89,7 @@ def test_ldm_resumes_and_reuses_latent_cache(trained_ldm: Path, datalist32: Path
     shutil.copytree(trained_ldm, out)
     stamp = (out / "latents.pt").stat().st_mtime_ns
     before = json.loads((out / "metrics.json").read_text())["iterations"]
-    workflow = run_bundle([LDM_TRAIN], **_ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=2))
+    workflow = run_bundle([LDM_TRAIN], **ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=2))
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.state.resumed_iteration == before and trainer.state.iteration == 2 * before
     assert (out / "latents.pt").stat().st_mtime_ns == stamp
@@ -126,7 +97,7 @@ def test_ldm_resumes_and_reuses_latent_cache(trained_ldm: Path, datalist32: Path
 
 def test_ldm_with_learned_vocabulary_encoder(datalist32: Path, trained_autoencoder: Path, tmp_path: Path) -> None:
     out = tmp_path / "ldm_vocab"
-    run_bundle([LDM_TRAIN], **_ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1,
+    run_bundle([LDM_TRAIN], **ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1,
                                              text_encoder_name="vocab", text_encoder_kwargs={"dim": 16}))
     state = torch.load(out / "model.pt", weights_only=True)
     assert any(key.startswith("text_encoder.") for key in state)
@@ -147,7 +118,7 @@ def test_ldm_inference_grid_and_empty_prompt_error(trained_ldm: Path, trained_au
 
 def test_ldm_rejects_autoencoder_checkpoint_of_other_network(datalist32: Path, trained_autoencoder: Path,
                                                              tmp_path: Path) -> None:
-    overrides = _ldm_overrides(datalist32, trained_autoencoder, tmp_path / "o", max_epochs=1)
+    overrides = ldm_overrides(datalist32, trained_autoencoder, tmp_path / "o", max_epochs=1)
     overrides["autoencoder_channels"] = [16, 16, 16]
     with pytest.raises(Exception) as info:
         run_bundle([LDM_TRAIN], **overrides)
@@ -156,7 +127,7 @@ def test_ldm_rejects_autoencoder_checkpoint_of_other_network(datalist32: Path, t
 
 def test_ldm_multi_gpu_config_on_cpu_with_gloo(datalist32: Path, trained_autoencoder: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    overrides = _ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1, batch_size=4)
+    overrides = ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1, batch_size=4)
     args = []
     for key, value in overrides.items():
         args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]

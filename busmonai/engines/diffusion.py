@@ -107,6 +107,14 @@ class DiffusionTrainer(Trainer):
         """Parameters the optimizer steps (for gradient clipping)."""
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
+    def ema_source(self) -> nn.Module:
+        """The module whose weights the EMA follows (the trained network, unwrapped from DDP)."""
+        return getattr(self.network, "module", self.network)
+
+    def train_mode(self) -> None:
+        """Put the trained modules in training mode."""
+        self.network.train()
+
     def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                       batch: dict[str, Any]) -> torch.Tensor:
         """The network's noise prediction."""
@@ -125,7 +133,7 @@ class DiffusionTrainer(Trainer):
         noisy = engine.noise_scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
         context = drop_context(engine.context_fn(list(batchdata["prompt"])).to(device),
                                engine.condition_dropout, engine.generator)
-        engine.network.train()
+        engine.train_mode()
         engine.optimizer.zero_grad(set_to_none=True)
         prediction = engine.predict_noise(noisy, timesteps, context, batchdata)
         per_sample = (prediction.float() - noise.float()).pow(2).mean(dim=list(range(1, noise.ndim)))
@@ -135,7 +143,7 @@ class DiffusionTrainer(Trainer):
             torch.nn.utils.clip_grad_norm_(engine.trainable_parameters(), engine.grad_clip)
         engine.optimizer.step()
         if engine.ema is not None:
-            engine.ema.update_parameters(model)
+            engine.ema.update_parameters(engine.ema_source())
         return {"loss": loss.item(), "mse": per_sample.mean().item()}
 
 

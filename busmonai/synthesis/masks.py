@@ -25,6 +25,7 @@ from busmonai.visualize import save_grid
 MASKS_INDEX = "masks.json"
 PRODUCER = "busmonai masks"
 SHEET_NAME = "sheet.png"
+DEFAULT_SCMG_CHECKPOINT = "runs/scmg/model.pt"
 
 
 def fit_prior_from_datalist(path: Path | str) -> EllipseMaskPrior:
@@ -68,42 +69,59 @@ def write_masks(
     sigma: float | None = None,
     size_class: str | None = None,
     progress: bool = True,
+    checkpoint: Path | str = DEFAULT_SCMG_CHECKPOINT,
+    clip_to_bbox: bool = True,
+    device: str | Any = "cpu",
 ) -> dict[str, Any]:
     """Draw ``n`` masks of one tumor class and write them with an index and a PNG sheet.
 
     Writes ``out/<label>_0001.png ...`` (uint8 0/255, ``size`` x ``size``), ``out/masks.json``
     (method, seed, prior, and per mask its file and bbox) and ``out/sheet.png``.
 
+    ``method="scmg"`` draws from the trained SCMG generator in ``checkpoint`` (default
+    ``runs/scmg/model.pt``): soft masks thresholded at 0.5, clipped to the rectangle (unless
+    ``clip_to_bbox`` is False) and reduced to their largest component; without ``bbox`` each
+    mask gets a random rectangle drawn from the training statistics stored in the checkpoint.
+    ``datalist``, ``sigma`` and ``size_class`` apply to the ellipse method only.
+
     Raises:
-        BusmonaiInputError: n < 1, a bad rectangle, an unknown method or label, or an output
-            folder holding other files.
+        BusmonaiInputError: n < 1, a bad rectangle, an unknown method or label, a missing SCMG
+            checkpoint, or an output folder holding other files.
     """
     out = Path(out)
     if n < 1:
         raise BusmonaiInputError(f"--n {n}: draw at least one mask")
     if bbox is not None:
         validate_bbox(bbox, size, size)
-    if method == "scmg":
-        raise BusmonaiInputError(
-            "--method scmg needs a trained SCMG mask generator (bundles/scmg), which this version does "
-            "not have yet; use --method ellipse"
-        )
-    if method != "ellipse":
+    if method not in ("ellipse", "scmg"):
         raise BusmonaiInputError(f"unknown --method {method!r}; use ellipse or scmg")
     _check_out(out)
-    prior = fit_prior_from_datalist(datalist) if datalist else EllipseMaskPrior.default()
+    scmg_masks: list[np.ndarray] = []
+    requested: list[tuple[int, int, int, int]] = []
+    if method == "scmg":
+        from busmonai.engines.scmg import draw_scmg_masks
+
+        scmg_masks, requested = draw_scmg_masks(checkpoint, label, n, size, seed, bbox, clip_to_bbox, device)
+        prior = None
+    else:
+        prior = fit_prior_from_datalist(datalist) if datalist else EllipseMaskPrior.default()
     rng = np.random.default_rng(seed)
     entries: list[dict[str, Any]] = []
     masks: list[np.ndarray] = []
     with atomic_directory(out, replace=True) as tmp:
         for index in tqdm(range(n), desc=f"masks {label}", unit="mask", disable=not progress):
-            mask = generate_ellipse_mask(
-                label, size, rng, prior=prior, size_class=size_class, sigma=sigma, bbox=bbox
-            )
+            if method == "scmg":
+                mask = (scmg_masks[index] * 255).astype(np.uint8)
+            else:
+                mask = generate_ellipse_mask(
+                    label, size, rng, prior=prior, size_class=size_class, sigma=sigma, bbox=bbox
+                )
             name = f"{label}_{index + 1:04d}.png"
             save_png(mask, tmp / name)
             masks.append(mask)
             entries.append({"mask": name, "class": label, "bbox": list(mask_bbox(mask))})
+            if requested:
+                entries[-1]["requested_bbox"] = list(requested[index])
         save_grid(masks, tmp / SHEET_NAME, fill=96)
         index_data = {
             "producer": PRODUCER,
@@ -114,7 +132,8 @@ def write_masks(
             "bbox": list(bbox) if bbox else None,
             "sigma": sigma,
             "size_class": size_class,
-            "prior": prior.to_dict(),
+            "prior": prior.to_dict() if prior is not None else None,
+            "checkpoint": str(checkpoint) if method == "scmg" else None,
             "masks": entries,
         }
         (tmp / MASKS_INDEX).write_text(json.dumps(index_data, indent=1) + "\n")

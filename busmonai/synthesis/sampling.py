@@ -209,3 +209,28 @@ def save_prompt_samples(ldm: nn.Module, autoencoder: nn.Module, text_encoder: nn
                 "seeds": [seed + k for k in range(n_per_prompt)]}
     (out / "samples.json").write_text(json.dumps(settings, indent=1) + "\n")
     return settings
+
+
+def preview_batch(items: Sequence[dict], image_size: int, n: int = 4) -> dict:
+    """The first ``n`` items with a lesion, loaded: ``{"image", "mask"}`` tensors (n, 1, H, W) and
+    their ``prompt`` list (for ControlNet preview grids)."""
+    from busmonai.data.dataset import LoadPNGd
+
+    load = LoadPNGd(keys=("image", "mask"), image_size=image_size)
+    chosen = [load(dict(item)) for item in items if item.get("class") in ("benign", "malignant")][:n]
+    if not chosen:
+        raise ValueError("no benign or malignant item to preview")
+    return {"image": torch.stack([c["image"] for c in chosen]), "mask": torch.stack([c["mask"] for c in chosen]),
+            "prompt": [c["prompt"] for c in chosen]}
+
+
+def control_rows(ldm: nn.Module, controlnet: nn.Module, autoencoder: nn.Module, text_encoder: nn.Module | None,
+                 batch: dict, latent_shape: Sequence[int], steps: int = 20, guidance: float = 3.0, seed: int = 0,
+                 noise_scheduler: nn.Module | None = None, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """Preview rows for the ControlNet: masks, the real images they belong to, and images generated
+    from each mask with its image's own prompt (same seed per column)."""
+    seeds = [seed + k for k in range(len(batch["prompt"]))]
+    generated = sample_images(ldm, autoencoder, text_encoder, batch["prompt"], latent_shape, seeds, steps=steps,
+                              guidance=guidance, noise_scheduler=noise_scheduler, controlnet=controlnet,
+                              masks=batch["mask"], device=device)
+    return [batch["mask"], batch["image"], generated]

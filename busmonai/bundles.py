@@ -1,0 +1,58 @@
+"""Locating the repository's MONAI Bundles and running their configs from Python.
+
+Bundle configs reference each other with ``%bundles/<stage>/configs/...`` macros, which MONAI
+resolves relative to the working directory; :func:`run_config` therefore runs them from the
+repository root, as ``python -m monai.bundle run`` from the root does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from busmonai.errors import BusmonaiInputError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLES_DIR = REPO_ROOT / "bundles"
+
+
+def bundle_config(stage: str, name: str = "train.json") -> Path:
+    """Path of ``bundles/<stage>/configs/<name>``.
+
+    Raises:
+        BusmonaiInputError: the bundles folder is not beside the package (install with
+            ``pip install -e .`` from a clone) or the config does not exist.
+    """
+    path = BUNDLES_DIR / stage / "configs" / name
+    if not path.is_file():
+        raise BusmonaiInputError(
+            f"{path}: bundle config not found; busmonai's bundles live in the repository, so install it "
+            "from a clone with 'pip install -e .'"
+        )
+    return path
+
+
+def run_config(configs: Sequence[str | Path], run: bool = True, **overrides: Any) -> Any:
+    """Initialise (and run) a bundle workflow from the repository root; returns the workflow.
+
+    Args:
+        configs: config files, merged in order (e.g. train.json then paper.json).
+        run: execute the ``run`` expressions (False: only ``initialize``, for inspection).
+        **overrides: config keys to override, as ``--key value`` would.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)
+    try:
+        files = [str(Path(c).resolve()) for c in configs]
+        workflow = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=None, **overrides)
+        workflow.initialize()
+        if run:
+            workflow.run()
+            workflow.finalize()
+        return workflow
+    finally:
+        os.chdir(cwd)

@@ -1,0 +1,468 @@
+"""Training and sampling the SCMG mask generator (METHOD.md section 4).
+
+Losses of the SCMG paper (Medical Image Analysis 2025, "Breast Ultrasound Tumor Generation via
+Mask Generator and Text-Guided Network"), each weighted by a config key of ``bundles/scmg``:
+
+- discriminator: ``L_D = L_adv^D + L_cls^D`` with
+  ``L_adv^D = 0.5 [-log D(M) - log(1 - D(M_hat))]`` (binary cross-entropy on logits) and
+  ``L_cls^D`` the cross-entropy of the tumor-type head on real masks;
+- generator: ``L_G = adv_weight * L_adv^G + cls_weight * L_cls^G + cur_weight * L_cur +
+  rect_weight * L_rect`` with ``L_adv^G = -log D(M_hat)``, ``L_cls^G`` the type head's
+  cross-entropy on generated masks (the auxiliary-classifier form of "the generated mask has
+  the requested type"), ``L_cur = |kappa(M_hat) - kappa_target[k]|`` with the differentiable
+  curvature of :func:`busmonai.clinical.curvature.boundary_curvature_torch` and class targets
+  measured on the training masks (stored in the generator's ``curvature_targets`` buffer), and
+  ``L_rect`` (:func:`rectangle_adherence_loss`, ours: the paper conditions on the rectangle but
+  does not say how adherence is enforced).
+
+Generation conditions: the fake masks of a batch get the real batch's tumor types and
+rectangles; at inference, random rectangles come from :func:`sample_bboxes` (training
+rectangles of the class, resampled with jitter) or are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.engines import Trainer
+from scipy import ndimage
+from torch import nn
+from torch.utils.data import Dataset
+
+from busmonai.clinical.bbox import bboxes_to_maps, validate_bbox
+from busmonai.clinical.curvature import boundary_curvature, boundary_curvature_torch
+from busmonai.data.dataset import LoadPNGd, datalist_split
+from busmonai.errors import BusmonaiInputError
+from busmonai.networks.scmg import BOX_BANK_SIZE, TUMOR_TYPES, SCMGGenerator, tumor_type_index
+
+__all__ = [
+    "MASK_THRESHOLD",
+    "SCMGMaskDataset",
+    "SCMGTrainer",
+    "binarize_masks",
+    "draw_scmg_masks",
+    "fit_priors",
+    "generate_soft_masks",
+    "load_generator",
+    "mask_items",
+    "preview_rows",
+    "rectangle_adherence_loss",
+    "sample_bboxes",
+]
+
+MASK_THRESHOLD = 0.5
+"""Generated soft masks are binarised at this value."""
+BOX_SCALE_JITTER = 0.1
+"""Standard deviation of the log-scale jitter of resampled rectangle sides."""
+BOX_SHIFT_JITTER = 0.1
+"""Standard deviation of the centre jitter, as a fraction of the rectangle's side."""
+MIN_BOX_SIDE = 2
+"""Smallest side, in pixels, of a sampled rectangle."""
+RECT_OUTLINE_GREY = 0.5
+"""Grey value (128 / 255) of the rectangle outlines drawn over preview masks."""
+
+
+def mask_items(datalist: str | Path, split: str = "training", image_size: int | None = None,
+               classes: Sequence[str] = TUMOR_TYPES) -> list[dict[str, Any]]:
+    """Tumor items of a datalist split with ``mask``, ``label`` and ``bbox`` (see
+    :func:`busmonai.data.dataset.datalist_split`)."""
+    return datalist_split(datalist, split, classes, image_size, keys=("mask", "label", "bbox"))
+
+
+class SCMGMaskDataset(Dataset):
+    """Real masks, their rectangles and tumor types, loaded once; random horizontal flips.
+
+    Args:
+        items: from :func:`mask_items` (absolute ``mask`` path, ``label`` 0/1, ``bbox``).
+        image_size: mask side (checked by :class:`busmonai.data.dataset.LoadPNGd`).
+        flip_prob: probability of a horizontal flip (mask and rectangle together).
+
+    Items: ``{"mask": (1, H, W) float {0, 1}, "bbox": (4,) float, "label": long}``.
+
+    Raises:
+        BusmonaiInputError: a wrongly sized mask, an invalid ``bbox`` or an unknown ``label``.
+    """
+
+    def __init__(self, items: Sequence[Mapping[str, Any]], image_size: int, flip_prob: float = 0.5) -> None:
+        load = LoadPNGd(keys="mask", image_size=image_size)
+        self.masks = [load.load(item["mask"], binary=True) for item in items]
+        self.bboxes: list[torch.Tensor] = []
+        for item in items:
+            try:
+                box = validate_bbox(item["bbox"], image_size, image_size)
+            except BusmonaiInputError as err:
+                raise BusmonaiInputError(f"{item['mask']}: bad datalist 'bbox' ({err})") from err
+            self.bboxes.append(torch.tensor(box, dtype=torch.float32))
+        self.labels = [tumor_type_index(int(item["label"])) for item in items]
+        self.image_size = image_size
+        self.flip_prob = float(flip_prob)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        mask, box = self.masks[index], self.bboxes[index]
+        if self.flip_prob > 0 and float(torch.rand(())) < self.flip_prob:
+            mask = mask.flip(-1)
+            box = torch.stack([self.image_size - box[2], box[1], self.image_size - box[0], box[3]])
+        return {"mask": mask, "bbox": box, "label": torch.tensor(self.labels[index], dtype=torch.long)}
+
+
+def fit_priors(items: Sequence[Mapping[str, Any]], image_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-specific curvature targets and the rectangle bank of the training masks.
+
+    Returns:
+        ``(targets (T,), bank (T, BOX_BANK_SIZE, 4))``: the mean
+        :func:`~busmonai.clinical.curvature.boundary_curvature` of each type's masks (at
+        ``image_size``, the resolution the generator works at), and each type's rectangles as
+        fractions of the image side, resampled with replacement to ``BOX_BANK_SIZE``.
+
+    Raises:
+        BusmonaiInputError: a tumor type without any training mask.
+    """
+    load = LoadPNGd(keys="mask", image_size=image_size)
+    rng = np.random.default_rng(seed)
+    targets = torch.zeros(len(TUMOR_TYPES))
+    bank = torch.zeros(len(TUMOR_TYPES), BOX_BANK_SIZE, 4)
+    for k, name in enumerate(TUMOR_TYPES):
+        chosen = [item for item in items if int(item["label"]) == k]
+        if not chosen:
+            raise BusmonaiInputError(f"the training split has no {name} masks; SCMG needs both tumor types")
+        values = [boundary_curvature(load.load(item["mask"], binary=True)[0].numpy()) for item in chosen]
+        targets[k] = float(np.mean(values))
+        boxes = np.array([item["bbox"] for item in chosen], dtype=np.float32) / image_size
+        bank[k] = torch.from_numpy(boxes[rng.integers(0, len(boxes), BOX_BANK_SIZE)])
+    return targets, bank
+
+
+def sample_bboxes(box_bank: torch.Tensor, types: torch.Tensor, image_size: int,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random rectangles from training statistics: a training rectangle of the same type,
+    its sides scaled by ``exp(N(0, BOX_SCALE_JITTER))`` and its centre moved by
+    ``N(0, BOX_SHIFT_JITTER)`` sides, then kept inside the image.
+
+    Args:
+        box_bank: ``(T, K, 4)`` normalised rectangles (the generator's ``box_bank`` buffer).
+        types: ``(B,)`` tumor-type indices.
+        image_size: side of the image, pixels.
+        generator: torch random generator (for reproducibility).
+
+    Returns:
+        ``(B, 4)`` int64 rectangles ``(x0, y0, x1, y1)``, exclusive ends, inside the image.
+    """
+    bank = box_bank.detach().cpu().float()
+    if float(bank.abs().sum()) == 0:
+        raise BusmonaiInputError("the generator's rectangle bank is empty; train bundles/scmg (or pass --bbox)")
+    types = types.cpu()
+    n = types.shape[0]
+    pick = torch.randint(0, bank.shape[1], (n,), generator=generator)
+    boxes = bank[types, pick] * image_size
+    noise = torch.randn(n, 4, generator=generator)
+    width = ((boxes[:, 2] - boxes[:, 0]) * torch.exp(BOX_SCALE_JITTER * noise[:, 0])).clamp(MIN_BOX_SIDE, image_size)
+    height = ((boxes[:, 3] - boxes[:, 1]) * torch.exp(BOX_SCALE_JITTER * noise[:, 1])).clamp(MIN_BOX_SIDE, image_size)
+    cx = 0.5 * (boxes[:, 0] + boxes[:, 2]) + BOX_SHIFT_JITTER * width * noise[:, 2]
+    cy = 0.5 * (boxes[:, 1] + boxes[:, 3]) + BOX_SHIFT_JITTER * height * noise[:, 3]
+    width, height = width.round(), height.round()
+    x0 = (cx - 0.5 * width).round().clamp(torch.zeros(n), image_size - width)
+    y0 = (cy - 0.5 * height).round().clamp(torch.zeros(n), image_size - height)
+    return torch.stack([x0, y0, x0 + width, y0 + height], dim=1).to(torch.int64)
+
+
+def rectangle_adherence_loss(masks: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """How far soft masks are from having exactly their rectangle as bounding box (ours).
+
+    Two differentiable terms, each zero for a real mask with its own box:
+
+    - *leak*: the mask mass outside the rectangle, relative to the rectangle's area;
+    - *fill*: over the rectangle's columns (rows), the mean of ``1 - max`` of the mask along
+      that column (row) inside the rectangle: every column and row of the box should hold a
+      lesion pixel, so that the mask's box spans the whole rectangle.
+
+    Args:
+        masks: ``(B, 1, H, W)`` soft masks in ``[0, 1]``.
+        maps: ``(B, 1, H, W)`` rectangle maps (1 inside).
+
+    Returns:
+        ``(B,)`` per-sample loss ``leak + fill``.
+    """
+    area = maps.flatten(1).sum(1).clamp_min(1.0)
+    leak = (masks * (1.0 - maps)).flatten(1).sum(1) / area
+    inside = masks * maps
+    fills = []
+    for dim in (2, 3):  # column maxima (over rows), then row maxima (over columns)
+        reach = inside.amax(dim=dim).flatten(1)
+        span = maps.amax(dim=dim).flatten(1)
+        fills.append(((1.0 - reach) * span).sum(1) / span.sum(1).clamp_min(1.0))
+    return leak + 0.5 * (fills[0] + fills[1])
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` (or the module itself)."""
+    return getattr(module, "module", module)
+
+
+class SCMGTrainer(Trainer):
+    """Ignite trainer of the SCMG generator and its dual-branch discriminator.
+
+    MONAI's ``GanTrainer`` feeds the generator a single latent tensor; SCMG's generator also
+    takes the tumor type and the rectangle map, so this ``Trainer`` subclass has its own
+    iteration: one discriminator step, then one generator step, on every batch.
+
+    Args:
+        device: torch device.
+        max_epochs: epochs to run.
+        train_data_loader: yields ``{"mask", "bbox", "label"}`` batches
+            (:class:`SCMGMaskDataset`).
+        generator: :class:`busmonai.networks.scmg.SCMGGenerator` (possibly DDP-wrapped), whose
+            ``curvature_targets`` buffer holds the class targets.
+        discriminator: :class:`busmonai.networks.scmg.SCMGDiscriminator` (possibly DDP-wrapped).
+        g_optimizer: optimizer of the generator (the paper: Adam, lr 2e-4).
+        d_optimizer: optimizer of the discriminator (the paper: Adam, lr 1e-4).
+        adv_weight: weight of ``L_adv^G``.
+        cls_weight: weight of ``L_cls^G``.
+        cur_weight: weight of ``L_cur`` (0 for the ablation without the curvature loss).
+        rect_weight: weight of ``L_rect``.
+        seed: seed of the trainer's noise generator.
+        train_handlers: Ignite handlers to attach.
+        **kwargs: passed to ``monai.engines.Trainer``.
+
+    The iteration output holds floats ``loss`` (= ``g_loss``), ``g_loss``, ``d_loss``,
+    ``adv_loss``, ``cls_loss``, ``cur_loss``, ``rect_loss``, ``kappa`` (mean generated
+    curvature) and ``d_type_acc`` (type-head accuracy on the real masks).
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Any,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        g_optimizer: torch.optim.Optimizer,
+        d_optimizer: torch.optim.Optimizer,
+        adv_weight: float = 1.0,
+        cls_weight: float = 1.0,
+        cur_weight: float = 10.0,
+        rect_weight: float = 1.0,
+        seed: int = 0,
+        train_handlers: Sequence[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("decollate", False)
+        super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader,
+                         handlers=train_handlers, **kwargs)
+        self.generator = generator
+        self.discriminator = discriminator
+        self.g_optimizer = g_optimizer
+        self.d_optimizer = d_optimizer
+        self.adv_weight = float(adv_weight)
+        self.cls_weight = float(cls_weight)
+        self.cur_weight = float(cur_weight)
+        self.rect_weight = float(rect_weight)
+        self.noise = torch.Generator().manual_seed(int(seed))
+
+    def generator_losses(self, fake: torch.Tensor, maps: torch.Tensor, types: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The generator's loss terms on generated masks ``fake`` (graph kept for backward)."""
+        adv_logits, type_logits = self.discriminator(fake, maps)
+        targets = _unwrap(self.generator).curvature_targets[types]
+        kappa = boundary_curvature_torch(fake)
+        terms = {
+            "adv_loss": F.binary_cross_entropy_with_logits(adv_logits, torch.ones_like(adv_logits)),
+            "cls_loss": F.cross_entropy(type_logits, types),
+            "cur_loss": (kappa - targets).abs().mean(),
+            "rect_loss": rectangle_adherence_loss(fake, maps).mean(),
+        }
+        terms["g_loss"] = (self.adv_weight * terms["adv_loss"] + self.cls_weight * terms["cls_loss"]
+                           + self.cur_weight * terms["cur_loss"] + self.rect_weight * terms["rect_loss"])
+        terms["kappa"] = kappa.detach().mean()
+        return terms
+
+    def _iteration(self, engine: SCMGTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("must provide batch data for current iteration.")
+        device = engine.state.device
+        real = batchdata["mask"].to(device)
+        types = batchdata["label"].to(device).long()
+        size = real.shape[-1]
+        maps = bboxes_to_maps(batchdata["bbox"].to(device), size, size)
+        latent_dim = _unwrap(engine.generator).latent_dim
+        z = torch.randn(real.shape[0], latent_dim, generator=engine.noise).to(device)
+        engine.generator.train()
+        engine.discriminator.train()
+        fake = engine.generator(z, types, maps)
+
+        # discriminator: real and generated masks in one forward (one DDP reduction)
+        engine.d_optimizer.zero_grad(set_to_none=True)
+        adv_logits, type_logits = engine.discriminator(torch.cat([real, fake.detach()]), torch.cat([maps, maps]))
+        labels = torch.cat([torch.ones_like(adv_logits[: len(real)]), torch.zeros_like(adv_logits[len(real):])])
+        d_adv = F.binary_cross_entropy_with_logits(adv_logits, labels)  # = 0.5 [-log D(M) - log(1 - D(M_hat))]
+        d_cls = F.cross_entropy(type_logits[: len(real)], types)
+        d_loss = d_adv + d_cls
+        d_loss.backward()
+        engine.d_optimizer.step()
+
+        # generator
+        engine.g_optimizer.zero_grad(set_to_none=True)
+        terms = engine.generator_losses(fake, maps, types)
+        terms["g_loss"].backward()
+        engine.g_optimizer.step()
+        accuracy = (type_logits[: len(real)].argmax(1) == types).float().mean()
+        out = {key: float(value.detach()) for key, value in terms.items()}
+        out.update(loss=out["g_loss"], d_loss=float(d_loss.detach()), d_type_acc=float(accuracy))
+        return out
+
+
+def load_generator(path: str | Path, key: str = "scmg_ckpt", device: torch.device | str = "cpu") -> SCMGGenerator:
+    """Load a trained generator from its ``model.pt`` (the architecture is read from the file).
+
+    Raises:
+        BusmonaiInputError: the file is missing (train ``bundles/scmg`` first) or is not an SCMG
+            generator.
+    """
+    from busmonai.engines.checkpoints import read_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise BusmonaiInputError(
+            f"{path}: SCMG checkpoint not found; train the mask generator first "
+            f"(python -m monai.bundle run --config_file bundles/scmg/configs/train.json) or pass --checkpoint PATH"
+        )
+    state = read_checkpoint(path, key)
+    try:
+        generator = SCMGGenerator.from_state_dict(state)
+    except (RuntimeError, BusmonaiInputError) as err:
+        raise BusmonaiInputError(f"{path}: not an SCMG generator checkpoint ({err}); train bundles/scmg") from err
+    return generator.to(device).eval()
+
+
+@torch.no_grad()
+def generate_soft_masks(generator: nn.Module, types: torch.Tensor, bboxes: torch.Tensor, seed: int = 0,
+                        batch_size: int = 64, device: torch.device | str | None = None) -> torch.Tensor:
+    """Soft masks ``(B, 1, H, W)`` for given tumor types and rectangles at the generator's size.
+
+    Raises:
+        BusmonaiInputError: an unknown type or a rectangle outside the image / of zero area.
+    """
+    model = _unwrap(generator)
+    size = model.image_size
+    for box in bboxes.tolist():
+        validate_bbox(box, size, size)
+    device = device or next(model.parameters()).device
+    noise = torch.Generator().manual_seed(int(seed))
+    z = torch.randn(len(types), model.latent_dim, generator=noise)
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(types), batch_size):
+        sl = slice(start, start + batch_size)
+        maps = bboxes_to_maps(bboxes[sl].to(device), size, size)
+        out.append(model(z[sl].to(device), types[sl].to(device), maps).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 1, size, size)
+
+
+def binarize_masks(soft: torch.Tensor, bboxes: torch.Tensor | None = None, clip_to_bbox: bool = False) -> list[np.ndarray]:
+    """Threshold soft masks at ``MASK_THRESHOLD`` and keep the largest connected component.
+
+    Args:
+        soft: ``(B, 1, H, W)`` in ``[0, 1]``.
+        bboxes: ``(B, 4)`` rectangles at the same size (needed for ``clip_to_bbox``).
+        clip_to_bbox: zero the pixels outside each rectangle first (guarantees containment).
+
+    Returns:
+        ``B`` boolean ``H x W`` arrays. A mask with no pixel above the threshold (inside its
+        rectangle when clipping) falls back to the pixels above half its maximum, so that
+        every mask is non-empty.
+    """
+    arrays = soft[:, 0].detach().cpu().numpy()
+    out = []
+    for i, array in enumerate(arrays):
+        if clip_to_bbox and bboxes is not None:
+            x0, y0, x1, y1 = (int(v) for v in bboxes[i].tolist())
+            clipped = np.zeros_like(array)
+            clipped[y0:y1, x0:x1] = array[y0:y1, x0:x1]
+            array = clipped
+        region = array > MASK_THRESHOLD
+        if not region.any():
+            region = array >= 0.5 * array.max() if array.max() > 0 else np.zeros_like(region)
+        labels, count = ndimage.label(region)
+        if count > 1:
+            sizes = ndimage.sum_labels(region, labels, index=np.arange(1, count + 1))
+            region = labels == (int(np.argmax(sizes)) + 1)
+        out.append(region)
+    return out
+
+
+def _rescale_bbox(bbox: Sequence[int], src: int, dst: int) -> tuple[int, int, int, int]:
+    """A rectangle at ``src`` px as a non-empty rectangle at ``dst`` px (outward rounding)."""
+    scale = dst / src
+    x0, y0 = int(np.floor(bbox[0] * scale)), int(np.floor(bbox[1] * scale))
+    x1 = min(dst, max(x0 + 1, int(np.ceil(bbox[2] * scale))))
+    y1 = min(dst, max(y0 + 1, int(np.ceil(bbox[3] * scale))))
+    return x0, y0, x1, y1
+
+
+def draw_scmg_masks(checkpoint: str | Path, label: str, n: int, size: int, seed: int = 0,
+                    bbox: Sequence[int] | None = None, clip_to_bbox: bool = True,
+                    device: torch.device | str = "cpu") -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
+    """``n`` binary masks of one tumor type from a trained generator (``busmonai masks --method scmg``).
+
+    The generator works at its training size; ``bbox`` (given at ``size``) is mapped to it, the
+    soft masks are resized (bilinear) to ``size``, thresholded at 0.5, optionally clipped to
+    the rectangle, and reduced to their largest component. Without ``bbox`` each mask gets a
+    random rectangle drawn from the training statistics stored in the checkpoint.
+
+    Returns:
+        ``(masks, requested)``: boolean ``size x size`` masks and the requested rectangles at
+        ``size``.
+
+    Raises:
+        BusmonaiInputError: missing checkpoint, unknown label, bad rectangle.
+    """
+    k = tumor_type_index(label)
+    if bbox is not None:
+        bbox = validate_bbox(bbox, size, size)
+    generator = load_generator(checkpoint, device=device)
+    gsize = generator.image_size
+    types = torch.full((n,), k, dtype=torch.long)
+    noise = torch.Generator().manual_seed(int(seed))
+    if bbox is None:
+        requested = [_rescale_bbox(b, gsize, size) for b in sample_bboxes(generator.box_bank, types, gsize, noise).tolist()]
+    else:
+        requested = [tuple(bbox)] * n  # type: ignore[list-item]
+    small = torch.tensor([_rescale_bbox(b, size, gsize) for b in requested], dtype=torch.int64)
+    soft = generate_soft_masks(generator, types, small, seed=seed, device=device)
+    if size != gsize:
+        soft = F.interpolate(soft, size=(size, size), mode="bilinear", align_corners=False)
+    masks = binarize_masks(soft, torch.tensor(requested), clip_to_bbox=clip_to_bbox)
+    return masks, [tuple(int(v) for v in b) for b in requested]  # type: ignore[misc]
+
+
+def _outline(maps: torch.Tensor) -> torch.Tensor:
+    """One-pixel inner outline of ``(B, 1, H, W)`` rectangle maps."""
+    eroded = -F.max_pool2d(-maps, kernel_size=3, stride=1, padding=1)
+    return (maps - eroded).clamp(0, 1)
+
+
+@torch.no_grad()
+def preview_rows(generator: nn.Module, n_per_type: int = 8, seed: int = 0) -> list[torch.Tensor]:
+    """Preview rows for :class:`busmonai.engines.handlers.PreviewGrid`: per tumor type (benign
+    row, then malignant), generated masks for fixed noise and rectangles drawn from the
+    training statistics, with each rectangle outlined in grey 128."""
+    model = _unwrap(generator)
+    size = model.image_size
+    rows = []
+    for k in range(model.num_types):
+        noise = torch.Generator().manual_seed(int(seed) + k)
+        types = torch.full((n_per_type,), k, dtype=torch.long)
+        boxes = sample_bboxes(model.box_bank, types, size, noise)
+        soft = generate_soft_masks(model, types, boxes, seed=seed + k)
+        binary = torch.from_numpy(np.stack(binarize_masks(soft))).float()[:, None]
+        outline = _outline(bboxes_to_maps(boxes, size, size))
+        rows.append(torch.where(outline > 0, torch.full_like(binary, RECT_OUTLINE_GREY), binary))
+    return rows

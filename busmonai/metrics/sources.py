@@ -1,0 +1,316 @@
+"""Inputs of the metrics: image sets from folders or datalists, and networks from checkpoints.
+
+Every ``busmonai evaluate`` command takes its images from one of two kinds of source:
+
+- **A folder** of images, searched recursively for ``.png``, ``.jpg`` and ``.jpeg`` files
+  (any case), in sorted order. Skipped, so that the output folder of ``busmonai prepare``, of
+  ``busmonai masks`` or of a sampler can be passed as it is: hidden files and folders (names
+  starting with ``.``, e.g. the feature caches), files inside a folder named ``masks`` or
+  ``mask``, files whose name contains ``_mask`` (the BUSI layout), and contact sheets
+  (``sheet*.png``). To evaluate exactly a chosen list of files, pass a datalist instead.
+- **A datalist** (a ``.json`` file): the output of ``busmonai prepare`` or a synthetic datalist.
+  It is either a dict holding the lists ``training`` / ``validation`` / ``test`` (all three are
+  used unless ``split`` names one) or a plain JSON list of items. Item paths are relative to the
+  datalist's folder (or absolute). Items are filtered by class: an item's class is its ``class``
+  or, without one, ``benign`` / ``malignant`` for ``label`` 0 / 1; items with neither are kept.
+
+Images are read with :func:`busmonai.data.imageio.load_gray` (greyscale float in [0, 255]).
+Checkpoints of downstream networks (segmenter, classifier) are a TorchScript file (what the
+bundles' ``ckpt_export`` writes) or a state dict together with the bundle config whose
+``network_def`` builds the network (:func:`load_network`).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from busmonai.data.imageio import load_gray, resize_gray, to_uint8
+from busmonai.data.prepare import TUMOR_CLASSES
+from busmonai.errors import BusmonaiInputError
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+"""File types an image folder is searched for (compared in lower case)."""
+MASK_FOLDER_NAMES: tuple[str, ...] = ("masks", "mask")
+"""Folders whose files are never taken as images of an image folder."""
+SPLITS: tuple[str, ...] = ("training", "validation", "test")
+CLASS_OF_LABEL: dict[int, str] = {0: "benign", 1: "malignant"}
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """The files of one image set and where they came from.
+
+    Attributes:
+        paths: absolute image paths, in a fixed order.
+        anchor: the folder the set belongs to (the image folder, or the datalist's folder); the
+            feature cache lives here.
+        origin: the folder or datalist the user named.
+        items: for a datalist, the selected items (paths resolved), parallel to ``paths``;
+            empty for a folder.
+    """
+
+    paths: tuple[Path, ...]
+    anchor: Path
+    origin: Path
+    items: tuple[dict[str, Any], ...] = ()
+
+
+def is_datalist(path: Path | str) -> bool:
+    """True if ``path`` names a datalist file (a ``.json`` file) rather than a folder."""
+    return Path(path).suffix.lower() == ".json"
+
+
+def folder_images(folder: Path | str) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted, without masks, sheets and hidden files.
+
+    Raises:
+        BusmonaiInputError: ``folder`` does not exist or is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BusmonaiInputError(f"{folder}: no such folder; pass a folder of images or a datalist .json")
+    found = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if any(part.lower() in MASK_FOLDER_NAMES for part in rel.parts[:-1]):
+            continue
+        name = path.name.lower()
+        if "_mask" in name or name.startswith("sheet"):
+            continue
+        found.append(path.resolve())
+    return found
+
+
+def item_class(item: dict[str, Any]) -> str | None:
+    """The class of a datalist item: ``class``, else from ``label`` 0 / 1, else ``None``."""
+    if item.get("class") is not None:
+        return str(item["class"])
+    label = item.get("label")
+    if isinstance(label, (int, float)) and not isinstance(label, bool) and int(label) in CLASS_OF_LABEL:
+        return CLASS_OF_LABEL[int(label)]
+    return None
+
+
+def datalist_items(
+    path: Path | str,
+    split: str | None = None,
+    classes: Sequence[str] | None = TUMOR_CLASSES,
+    keys: Sequence[str] = ("image",),
+) -> list[dict[str, Any]]:
+    """Items of a datalist with the paths under ``keys`` resolved to absolute paths.
+
+    Args:
+        path: the datalist ``.json`` (a dict of split lists, or a list of items).
+        split: one of ``training`` / ``validation`` / ``test``, or ``None`` for all of them.
+        classes: keep items of these classes (and items of unknown class); ``None`` keeps all.
+        keys: item keys that must be present and are resolved as paths.
+
+    Raises:
+        BusmonaiInputError: missing or malformed file, unknown split, an item without a key,
+            or no item left after filtering.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BusmonaiInputError(f"{path}: datalist not found; pass an existing datalist .json or a folder of images")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BusmonaiInputError(f"{path}: not a readable JSON datalist ({err}); re-create it") from err
+    if split is not None and split not in SPLITS:
+        raise BusmonaiInputError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if isinstance(data, list):
+        raw = data
+    elif isinstance(data, dict) and any(isinstance(data.get(s), list) for s in SPLITS):
+        raw = [item for s in ((split,) if split else SPLITS) for item in (data.get(s) or [])]
+    else:
+        raise BusmonaiInputError(
+            f"{path}: neither a list of items nor a dict with 'training' / 'validation' / 'test' lists; "
+            "pass a datalist written by 'busmonai prepare' or the sampler"
+        )
+    items = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise BusmonaiInputError(f"{path}: items must be JSON objects, found {type(item).__name__}")
+        cls = item_class(item)
+        if classes is not None and cls is not None and cls not in classes:
+            continue
+        missing = [key for key in keys if not item.get(key)]
+        if missing:
+            raise BusmonaiInputError(
+                f"{path}: item {item.get('image', item)} has no {', '.join(missing)}; fix the datalist"
+            )
+        entry = dict(item)
+        for key in keys:
+            entry[key] = str((path.parent / str(item[key])).resolve())
+        items.append(entry)
+    if not items:
+        where = f"the '{split}' split" if split else "any split"
+        wanted = "/".join(classes) if classes is not None else "any"
+        raise BusmonaiInputError(f"{path}: no {wanted} items in {where}; check the datalist, --split or the classes")
+    return items
+
+
+def image_source(
+    source: Path | str, split: str | None = None, classes: Sequence[str] | None = TUMOR_CLASSES
+) -> ImageSource:
+    """Collect the images of a folder or a datalist (see the module docstring for the rules)."""
+    source = Path(source)
+    if is_datalist(source):
+        items = datalist_items(source, split, classes)
+        return ImageSource(
+            paths=tuple(Path(i["image"]) for i in items), anchor=source.parent.resolve(), origin=source,
+            items=tuple(items),
+        )
+    if split is not None:
+        raise BusmonaiInputError(f"--split {split} applies to datalists, but {source} is a folder; drop --split")
+    return ImageSource(paths=tuple(folder_images(source)), anchor=source.resolve(), origin=source)
+
+
+def load_image_stack(
+    paths: Sequence[Path], size: int | None = None, name: str = "images", minimum: int = 2
+) -> np.ndarray:
+    """Load greyscale images as one ``(N, H, W)`` uint8 array.
+
+    Args:
+        paths: image files.
+        size: if given, every image is first resized to ``size x size`` (bicubic, antialiased, as
+            ``busmonai prepare`` does) and rounded to uint8, as if saved at that resolution.
+        name: what the set is called in error messages (e.g. ``REAL``).
+        minimum: fewest images accepted.
+
+    Raises:
+        BusmonaiInputError: fewer than ``minimum`` images, an unreadable file, or images of
+            mixed sizes when ``size`` is not given (the message names two files and the fix).
+    """
+    if len(paths) < minimum:
+        raise BusmonaiInputError(
+            f"{name}: {len(paths)} image(s) found but at least {minimum} are needed; "
+            "add images or pass another folder or datalist"
+        )
+    if size is not None and size < 8:
+        raise BusmonaiInputError(f"--size {size} is too small; use at least 8")
+    arrays: list[np.ndarray] = []
+    for path in paths:
+        image = load_gray(Path(path))
+        if size is not None and image.shape != (size, size):
+            image = resize_gray(image, (size, size))
+        elif size is None and arrays and image.shape != arrays[0].shape:
+            first = arrays[0].shape
+            raise BusmonaiInputError(
+                f"{name}: images of mixed sizes: {paths[0]} is {first[1]}x{first[0]} px but {path} is "
+                f"{image.shape[1]}x{image.shape[0]} px; pass --size N to compare them at one resolution"
+            )
+        arrays.append(to_uint8(image))
+    return np.stack(arrays)
+
+
+def load_mask_array(path: Path | str, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Load a mask as a boolean array (binarised at half its maximum), optionally checking its shape."""
+    mask = load_gray(Path(path))
+    peak = float(mask.max())
+    binary = mask > 0.5 * peak if peak > 0 else np.zeros(mask.shape, dtype=bool)
+    if shape is not None and binary.shape != tuple(shape):
+        raise BusmonaiInputError(
+            f"{path}: mask is {binary.shape[1]}x{binary.shape[0]} px but its image is {shape[1]}x{shape[0]} px; "
+            "fix the datalist"
+        )
+    return binary
+
+
+def load_network(
+    checkpoint: Path | str, config: Path | str | None = None, key: str = "classifier"
+) -> torch.nn.Module:
+    """Load a downstream network for evaluation, in eval mode on the CPU.
+
+    Args:
+        checkpoint: a TorchScript file (the bundles' ``ckpt_export`` output), or, with
+            ``config``, a ``torch.save``d state dict (optionally under a ``model`` entry, as the
+            bundles' ``CheckpointSaver`` writes it).
+        config: the bundle config (JSON or YAML) whose ``network_def`` builds the network.
+        key: the CLI option that named the checkpoint (``classifier`` or ``segmenter``), used
+            in error messages.
+
+    Raises:
+        BusmonaiInputError: missing file, a file that is not TorchScript (without ``config``),
+            a config without ``network_def``, or weights that do not fit it.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise BusmonaiInputError(
+            f"{checkpoint}: {key} checkpoint not found; train and export the {key} bundle first "
+            f"or pass an existing file with --{key}"
+        )
+    if config is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=FutureWarning)
+                network = torch.jit.load(str(checkpoint), map_location="cpu")
+        except Exception as err:  # noqa: BLE001 - torch raises many types for a non-TorchScript file
+            raise BusmonaiInputError(
+                f"{checkpoint}: not a TorchScript {key} ({type(err).__name__}); pass the file written by the "
+                f"bundle's ckpt_export, or a state dict together with --{key}-config CONFIG"
+            ) from err
+        return network.eval()
+    from monai.bundle import ConfigParser
+
+    from busmonai.engines.checkpoints import load_weights, read_checkpoint
+
+    config = Path(config)
+    if not config.is_file():
+        raise BusmonaiInputError(f"{config}: {key} config not found; pass the bundle's configs/train.json")
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(config))
+    except Exception as err:  # noqa: BLE001 - JSON / YAML errors
+        raise BusmonaiInputError(f"{config}: not a readable bundle config ({err})") from err
+    if "network_def" not in parser:
+        raise BusmonaiInputError(f"{config}: no 'network_def' key; pass the {key} bundle's configs/train.json")
+    network = parser.get_parsed_content("network_def")
+    state = read_checkpoint(checkpoint, key)
+    entry = "model" if isinstance(state.get("model"), dict) else None
+    return load_weights(network, checkpoint, key, entry).eval()
+
+
+def probability_fn(network: Callable[[torch.Tensor], torch.Tensor], activation: str = "auto",
+                   channel: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap a network that returns logits into a function returning probabilities.
+
+    Args:
+        network: maps ``(B, 1, H, W)`` images to ``(B, C, ...)`` or ``(B,)`` outputs.
+        activation: ``sigmoid``, ``softmax`` (channel ``channel`` is kept), ``none`` (the
+            network already returns probabilities), or ``auto``: sigmoid for one output channel,
+            softmax for two or more.
+        channel: the channel of the positive class (malignant, or lesion) for softmax outputs.
+
+    Returns:
+        A function ``images -> probabilities`` with the channel axis reduced to one channel
+        (``(B, 1, H, W)`` for segmenters, ``(B,)`` or ``(B, 1)`` for classifiers).
+    """
+    if activation not in ("auto", "sigmoid", "softmax", "none"):
+        raise BusmonaiInputError(f"unknown activation {activation!r}; use auto, sigmoid, softmax or none")
+
+    @torch.no_grad()
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        out = network(images)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        out = out.float()
+        channels = out.shape[1] if out.ndim >= 2 else 1
+        mode = activation if activation != "auto" else ("sigmoid" if channels == 1 else "softmax")
+        if mode == "softmax":
+            return out.softmax(dim=1)[:, channel : channel + 1]
+        return out.sigmoid() if mode == "sigmoid" else out
+
+    return predict

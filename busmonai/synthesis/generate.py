@@ -1,0 +1,333 @@
+"""Annotation-free synthesis of a labeled BUS dataset (``busmonai generate``).
+
+For N samples: draw a class (balanced, or R x the training set of a datalist with the same class
+balance), a tumor mask (a real training mask, CP's elastic ellipse, or the SCMG generator), the
+echogenicity and boundary attributes (from the datalist's per-class frequencies, or the class's
+typical values), build the BI-RADS prompt (``busmonai.clinical.prompts``), and sample with the
+ControlNet + LDM (DDIM with classifier-free guidance). Images, masks and a datalist with
+``"synthetic": true`` and the generation settings are written to the output folder.
+
+Reproducible and resumable: the whole plan (classes, masks, prompts, per-sample seeds) is fixed
+from the seed and written first (``plan.json`` and the masks); images are then generated in fixed
+batches, each written atomically, so an interrupted run continues at the first unfinished batch
+and produces the same files as an uninterrupted one. Ablations (METHOD.md section 2): ``full``
+(text + mask), ``text`` (no ControlNet, "Ours-t"), ``mask`` (ControlNet with the unconditional,
+prompt-free context the model learned through prompt dropout, "Ours-m").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from busmonai.clinical.bbox import mask_bbox
+from busmonai.clinical.ellipse import EllipseMaskPrior, generate_ellipse_mask
+from busmonai.clinical.prompts import CLASS_DEFAULTS, build_prompt
+from busmonai.data.imageio import save_png
+from busmonai.data.prepare import load_datalist
+from busmonai.engines.diffusion import UNCONDITIONAL_FILL
+from busmonai.engines.handlers import write_json_atomic
+from busmonai.errors import BusmonaiInputError
+from busmonai.synthesis.sampling import ddim_sample, decode, make_ddim, seeded_noise
+
+PRODUCER = "busmonai generate"
+PLAN_NAME = "plan.json"
+DATALIST_NAME = "datalist.json"
+SHEET_NAME = "sheet.png"
+MODES = ("full", "text", "mask")
+MASK_SOURCES = ("real", "ellipse", "scmg")
+TUMOR_CLASSES = ("benign", "malignant")
+ATTRIBUTE_DEFAULT_PROBABILITY = 0.75
+"""Without a datalist, the class's typical attribute is drawn with this probability."""
+
+
+@dataclass
+class GenerationSettings:
+    """Everything that determines a synthetic dataset (recorded in ``plan.json`` and the datalist)."""
+
+    n: int = 0
+    ratio: float | None = None
+    ratio_of: str | None = None
+    mask_source: str = "ellipse"
+    mode: str = "full"
+    guidance: float = 3.0
+    steps: int = 50
+    seed: int = 0
+    batch_size: int = 16
+    image_size: int = 64
+    datalist: str | None = None
+    checkpoints: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise :class:`BusmonaiInputError` for impossible settings."""
+        if self.ratio is not None and self.ratio < 0:
+            raise BusmonaiInputError(f"--ratio {self.ratio}: the ratio of synthetic to real images must be >= 0")
+        if self.ratio is None and self.n < 1:
+            raise BusmonaiInputError(f"--n {self.n}: generate at least one image (or give --ratio-of and --ratio)")
+        if self.ratio is not None and not self.ratio_of:
+            raise BusmonaiInputError("--ratio needs --ratio-of DATALIST (the real training set it is a ratio of)")
+        if self.mode not in MODES:
+            raise BusmonaiInputError(f"unknown --mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.mask_source not in MASK_SOURCES:
+            raise BusmonaiInputError(f"unknown --mask-source {self.mask_source!r}; use one of {', '.join(MASK_SOURCES)}")
+        if self.mask_source == "real" and not self.datalist:
+            raise BusmonaiInputError("--mask-source real needs a datalist (--datalist or --ratio-of) to draw masks from")
+        if self.steps < 1 or self.batch_size < 1:
+            raise BusmonaiInputError("--steps and --batch-size must be at least 1")
+
+
+def _training_tumors(datalist_path: str) -> tuple[Path, list[dict[str, Any]]]:
+    path = Path(datalist_path)
+    data = load_datalist(path)
+    items = [i for i in data["training"] if i.get("class") in TUMOR_CLASSES]
+    if not items:
+        raise BusmonaiInputError(f"{path}: no benign or malignant training items")
+    return path.parent, items
+
+
+def class_counts(settings: GenerationSettings) -> dict[str, int]:
+    """Samples per class: R x the datalist's training counts, or ``n`` split evenly."""
+    if settings.ratio is not None:
+        _, items = _training_tumors(settings.ratio_of)  # type: ignore[arg-type]
+        real = Counter(i["class"] for i in items)
+        return {cls: int(round(settings.ratio * real.get(cls, 0))) for cls in TUMOR_CLASSES}
+    half = settings.n // 2
+    return {"benign": settings.n - half, "malignant": half}
+
+
+def _attribute_sampler(items: list[dict[str, Any]] | None) -> Any:
+    """``draw(cls, rng) -> (echogenicity, boundary)`` following the datalist's per-class frequencies."""
+    pools: dict[str, list[tuple[str, str]]] = {}
+    for item in items or []:
+        if item.get("echogenicity") and item.get("boundary"):
+            pools.setdefault(item["class"], []).append((item["echogenicity"], item["boundary"]))
+
+    def draw(cls: str, rng: np.random.Generator) -> tuple[str, str]:
+        if pools.get(cls):
+            return pools[cls][int(rng.integers(len(pools[cls])))]
+        typical = CLASS_DEFAULTS[cls]
+        other = CLASS_DEFAULTS["malignant" if cls == "benign" else "benign"]
+        return tuple(t if rng.random() < ATTRIBUTE_DEFAULT_PROBABILITY else o for t, o in zip(typical, other))  # type: ignore[return-value]
+
+    return draw
+
+
+def _load_real_mask(root: Path, item: dict[str, Any], size: int) -> np.ndarray:
+    path = root / item["mask"]
+    mask = np.asarray(Image.open(path).convert("L"))
+    if mask.shape != (size, size):
+        raise BusmonaiInputError(
+            f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} px but generation runs at {size} px; "
+            f"prepare the datalist with --size {size} or set the image size"
+        )
+    if not set(np.unique(mask).tolist()) <= {0, 255}:
+        raise BusmonaiInputError(f"{path}: mask is not binary (values other than 0 and 255); re-run 'busmonai prepare'")
+    if not mask.any():
+        raise BusmonaiInputError(f"{path}: empty mask on a tumor item; re-run 'busmonai prepare'")
+    return mask
+
+
+def make_plan(settings: GenerationSettings, scmg_masks: Any = None) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """The deterministic plan: one entry per sample (class, prompt, seed, attributes) and its mask.
+
+    Args:
+        settings: validated settings.
+        scmg_masks: ``scmg_masks(label, n, rng) -> list of uint8 masks`` for ``mask_source="scmg"``.
+
+    Returns:
+        (entries, masks), masks uint8 0/255 of ``image_size``.
+    """
+    settings.validate()
+    counts = class_counts(settings)
+    if sum(counts.values()) < 1:
+        raise BusmonaiInputError(f"the settings give no image to generate ({counts}); raise --ratio or --n")
+    items: list[dict[str, Any]] | None = None
+    root = Path(".")
+    if settings.datalist:
+        root, items = _training_tumors(settings.datalist)
+    draw_attributes = _attribute_sampler(items)
+    prior = None
+    if settings.mask_source == "ellipse" and items:
+        masks_fit = [_load_real_mask(root, i, settings.image_size) > 0 for i in items]
+        prior = EllipseMaskPrior.fit(masks_fit, [i["class"] for i in items])
+    labels = [cls for cls in TUMOR_CLASSES for _ in range(counts[cls])]
+    order = np.random.default_rng([settings.seed, 7]).permutation(len(labels))  # interleave classes
+    labels = [labels[int(k)] for k in order]
+    entries: list[dict[str, Any]] = []
+    masks: list[np.ndarray] = []
+    per_class_index: Counter[str] = Counter()
+    for k, cls in enumerate(labels):
+        rng = np.random.default_rng([settings.seed, k])
+        if settings.mask_source == "real":
+            pool = [i for i in items or [] if i["class"] == cls]
+            if not pool:
+                raise BusmonaiInputError(f"{settings.datalist}: no {cls} training mask to draw from")
+            source_item = pool[int(rng.integers(len(pool)))]
+            mask = _load_real_mask(root, source_item, settings.image_size)
+            mask_origin = source_item["mask"]
+        elif settings.mask_source == "ellipse":
+            mask = generate_ellipse_mask(cls, settings.image_size, rng, prior=prior)
+            mask_origin = "ellipse"
+        else:
+            if scmg_masks is None:
+                raise BusmonaiInputError("--mask-source scmg needs a trained SCMG generator (runs/scmg/model.pt)")
+            mask = scmg_masks(cls, 1, rng)[0]
+            mask_origin = "scmg"
+        echogenicity, boundary = draw_attributes(cls, rng)
+        per_class_index[cls] += 1
+        name = f"{cls}_{per_class_index[cls]:05d}.png"
+        entries.append({
+            "image": f"images/{name}", "mask": f"masks/{name}", "label": 0 if cls == "benign" else 1,
+            "class": cls, "domain": "synthetic", "echogenicity": echogenicity, "boundary": boundary,
+            "bbox": list(mask_bbox(mask)), "prompt": build_prompt(cls, echogenicity, boundary),
+            "source": mask_origin, "synthetic": True, "seed": int(rng.integers(2**31 - 1)),
+        })
+        masks.append(mask.astype(np.uint8))
+    return entries, masks
+
+
+def _check_output(out: Path, settings: GenerationSettings) -> bool:
+    """True if ``out`` holds an unfinished or finished run with the same settings (resume)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    if not out.is_dir():
+        raise BusmonaiInputError(f"--out {out} is a file; choose a folder")
+    try:
+        plan = json.loads((out / PLAN_NAME).read_text())
+    except (OSError, ValueError):
+        raise BusmonaiInputError(
+            f"--out {out} holds files that 'busmonai generate' did not write; choose an empty or new folder"
+        ) from None
+    previous = plan.get("settings", {})
+    mine = asdict(settings)
+    differing = sorted(k for k in set(previous) | set(mine) if previous.get(k) != mine.get(k))
+    if plan.get("producer") != PRODUCER or differing:
+        raise BusmonaiInputError(
+            f"--out {out} holds another generation run (settings differ: {', '.join(differing) or 'producer'}); "
+            "nothing was overwritten: choose a new folder, or repeat the earlier settings to resume it"
+        )
+    return True
+
+
+@dataclass
+class GenerationModels:
+    """The frozen networks synthesis needs."""
+
+    autoencoder: nn.Module
+    ldm: nn.Module
+    text_encoder: nn.Module | None
+    controlnet: nn.Module | None
+    noise_scheduler: Any
+    device: torch.device | str = "cpu"
+
+    def latent_shape(self, image_size: int) -> tuple[int, ...]:
+        """(C, h, w) of the autoencoder's latents for ``image_size`` images."""
+        with torch.no_grad():
+            mu, _ = self.autoencoder.encode(torch.zeros(1, 1, image_size, image_size, device=self.device))
+        return tuple(int(v) for v in mu.shape[1:])
+
+
+@torch.no_grad()
+def _generate_batch(models: GenerationModels, settings: GenerationSettings, entries: list[dict[str, Any]],
+                    masks: list[np.ndarray], latent_shape: tuple[int, ...]) -> torch.Tensor:
+    device = models.device
+    noise = seeded_noise(latent_shape, [e["seed"] for e in entries], device)
+    encoder = getattr(models.ldm, "text_encoder", None) or models.text_encoder
+    context = encoder.encode([e["prompt"] for e in entries]).to(device)  # type: ignore[union-attr]
+    guidance = settings.guidance
+    if settings.mode == "mask":  # the prompt-free context the model learned through prompt dropout
+        context = torch.full_like(context, UNCONDITIONAL_FILL)
+        guidance = 1.0
+    control = None
+    controlnet = None
+    if settings.mode != "text":
+        controlnet = models.controlnet
+        control = torch.from_numpy(np.stack(masks).astype(np.float32) / 255.0)[:, None].to(device)
+    scheduler = make_ddim(models.noise_scheduler, steps=settings.steps)
+    latents = ddim_sample(models.ldm, scheduler, noise, context, guidance=guidance, controlnet=controlnet,
+                          control=control)
+    return decode(models.autoencoder, latents, models.ldm.scale_factor)
+
+
+def write_sheet(out: Path, models: GenerationModels, settings: GenerationSettings, masks: list[np.ndarray],
+                n_columns: int = 6) -> Path:
+    """A PNG sheet: rows of masks, then images generated from the same masks with a benign and a
+    malignant prompt (same seeds), so shape control and text control show at a glance."""
+    from busmonai.visualize import grid
+
+    chosen = masks[:n_columns]
+    rows = [list(chosen)]
+    for cls in TUMOR_CLASSES:
+        echo, boundary = CLASS_DEFAULTS[cls]
+        entries = [{"prompt": build_prompt(cls, echo, boundary), "seed": settings.seed + k} for k in range(len(chosen))]
+        images = _generate_batch(models, settings, entries, chosen, models.latent_shape(settings.image_size))
+        rows.append([(img[0].cpu().numpy() * 255).round().astype(np.uint8) for img in images])
+    path = out / SHEET_NAME
+    save_png(grid([tile for row in rows for tile in row], ncols=len(chosen), fill=255), path)
+    return path
+
+
+def generate_dataset(out: str | Path, settings: GenerationSettings, models: GenerationModels,
+                     scmg_masks: Any = None, progress: bool = True, sheet: bool = True,
+                     stop_after_batches: int | None = None) -> dict[str, Any]:
+    """Plan, generate and write a synthetic dataset (see the module docstring).
+
+    Args:
+        out: output folder (new, empty, or an unfinished run with the same settings).
+        settings: the generation settings.
+        models: the frozen networks.
+        scmg_masks: mask sampler for ``mask_source="scmg"``.
+        progress: show progress bars.
+        sheet: also write the mask / benign / malignant PNG sheet.
+        stop_after_batches: stop (as if killed) after this many batches (tests of resumption).
+
+    Returns:
+        The datalist (also written to ``out/datalist.json``), or ``{}`` when stopped early.
+    """
+    out = Path(out)
+    settings.validate()
+    if settings.mode != "text" and models.controlnet is None:
+        raise BusmonaiInputError(f"--mode {settings.mode} needs a ControlNet checkpoint (--controlnet-ckpt)")
+    resuming = _check_output(out, settings)
+    if resuming and (out / PLAN_NAME).is_file():
+        entries = json.loads((out / PLAN_NAME).read_text())["entries"]
+        masks = [np.asarray(Image.open(out / e["mask"]).convert("L")) for e in entries]
+    else:
+        entries, masks = make_plan(settings, scmg_masks)
+        for entry, mask in zip(entries, masks):
+            save_png(mask, out / entry["mask"])
+        write_json_atomic({"producer": PRODUCER, "settings": asdict(settings), "entries": entries}, out / PLAN_NAME)
+    latent_shape = models.latent_shape(settings.image_size)
+    n_batches = math.ceil(len(entries) / settings.batch_size)
+    done = 0
+    for b in tqdm(range(n_batches), desc="generate", unit="batch", disable=not progress):
+        batch = slice(b * settings.batch_size, (b + 1) * settings.batch_size)
+        if all((out / e["image"]).is_file() for e in entries[batch]):
+            continue
+        images = _generate_batch(models, settings, entries[batch], masks[batch], latent_shape)
+        for entry, image in zip(entries[batch], images):
+            save_png((image[0].cpu().numpy() * 255).round().astype(np.uint8), out / entry["image"])
+        done += 1
+        if stop_after_batches is not None and done >= stop_after_batches:
+            return {}
+    datalist = {
+        "name": "synthetic", "producer": PRODUCER, "synthetic": True,
+        "size": [settings.image_size, settings.image_size], "seed": settings.seed,
+        "settings": asdict(settings),
+        "counts": {"training": dict(sorted(Counter(e["class"] for e in entries).items()))},
+        "training": entries, "validation": [], "test": [],
+    }
+    write_json_atomic(datalist, out / DATALIST_NAME)
+    if sheet and settings.mode != "text":
+        write_sheet(out, models, settings, masks)
+    return datalist
