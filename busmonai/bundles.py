@@ -56,3 +56,40 @@ def run_config(configs: Sequence[str | Path], run: bool = True, **overrides: Any
         return workflow
     finally:
         os.chdir(cwd)
+
+
+_PEAK_MARK = "BUSMONAI_PEAK_RSS_KB="
+_CHILD = (
+    "import atexit, resource, runpy, sys\n"
+    "atexit.register(lambda: sys.stderr.write('" + _PEAK_MARK + "%d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+    "sys.argv = ['monai.bundle'] + sys.argv[1:]\n"
+    "runpy.run_module('monai.bundle', run_name='__main__')\n"
+)
+
+
+def run_bundle_process(configs: Sequence[str | Path], overrides: dict[str, Any]) -> dict[str, float]:
+    """``python -m monai.bundle run`` in a child process from the repository root.
+
+    Returns:
+        ``{"seconds": wall time, "peak_rss_mb": the child's own peak resident memory}``.
+
+    Raises:
+        RuntimeError: the bundle failed (with the end of its stderr).
+    """
+    import json
+    import subprocess
+    import sys
+    import time
+
+    files = [str(Path(c).resolve()) for c in configs]
+    args = ["run", "--config_file", files[0] if len(files) == 1 else json.dumps(files)]
+    for key, value in overrides.items():
+        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", _CHILD, *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - start
+    if run.returncode != 0:
+        raise RuntimeError(f"bundle {files} failed:\n{run.stderr[-3000:]}")
+    peaks = [int(line[len(_PEAK_MARK):]) for line in run.stderr.splitlines() if line.startswith(_PEAK_MARK)]
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(peaks[-1] / 1024, 1) if peaks else float("nan")}
