@@ -113,6 +113,58 @@ def cmd_generate(args: argparse.Namespace) -> None:
           f"mode {args.mode}, masks {args.mask_source}) -> {Path(args.out) / 'datalist.json'}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """``busmonai evaluate fid|adherence|fidelity|curvature ...``: print a table, write ``--json``."""
+    from busmonai.metrics import sources
+
+    def network(path: Path, config: Path | None, key: str) -> Callable:
+        return sources.probability_fn(sources.load_network(path, config, key), args.activation)
+
+    if args.metric == "fid":
+        from busmonai.metrics.fid import compute_fid_kid
+
+        result = compute_fid_kid(args.real, args.fake, size=args.size, split=args.split, subsets=args.kid_subsets,
+                                 subset_size=args.kid_subset_size, cache=not args.no_cache)
+        rows = [("FID", f"{result['fid']:.3f}"), ("KID", f"{result['kid']:.5f} +- {result['kid_std']:.5f}"),
+                ("images", f"{result['n_real']} real, {result['n_fake']} fake")]
+    elif args.metric == "adherence":
+        from busmonai.metrics.adherence import datalist_adherence
+
+        segmenter = network(args.segmenter, args.segmenter_config, "segmenter") if args.segmenter else None
+        result = datalist_adherence(args.datalist, segmenter, args.split, method=str(args.segmenter or ""))
+        rows = [("Dice", f"{result['mean']:.3f} +- {result['std']:.3f}"),
+                ("images", f"{result['n']} (skipped {result['skipped_empty']} without a lesion)"),
+                ("segmentation", result["method"])]
+    elif args.metric == "fidelity":
+        from busmonai.metrics.fidelity import datalist_fidelity
+
+        result = datalist_fidelity(args.datalist, network(args.classifier, args.classifier_config, "classifier"),
+                                   args.split)
+        rows = [("AUC", f"{result['auc']:.3f}"), ("accuracy@0.5", f"{result['accuracy']:.3f}"),
+                ("images", f"{result['n_benign']} benign, {result['n_malignant']} malignant")]
+    else:
+        from busmonai.metrics.curvature_stats import mask_curvature_statistics
+
+        result = mask_curvature_statistics(args.masks, args.split)
+        rows = [(f"kappa {k}", f"{v['mean']:.4f} +- {v['std']:.4f} (n = {v['n']})") for k, v in result.items()]
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """``busmonai demo [--data DIR] [--out DIR] [--minutes 10]``."""
+    from busmonai.demo import run_demo
+
+    report = run_demo(args.out, data=args.data, minutes=args.minutes, seed=args.seed)
+    statuses = [record["status"] for record in report["steps"].values()]
+    print(f"demo finished in {report['seconds']:.0f} s ({statuses.count('ok')} steps ok, "
+          f"{statuses.count('failed')} failed, {statuses.count('skipped')} skipped): {Path(args.out) / 'report.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     from busmonai import __version__
@@ -175,6 +227,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", dest="lora_adapter", type=Path, default=None, help="LoRA adapter for the LDM UNet")
     p.add_argument("--set", action="append", metavar="KEY=JSON", help="override a bundle config key (network sizes)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="the whole pipeline end to end with a report (phantom data by default)")
+    p.add_argument("--data", type=Path, default=None, help="a BUSI folder instead of the embedded phantom")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="report folder (default runs/demo)")
+    p.add_argument("--minutes", type=float, default=10.0, help="time budget (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="FID/KID, mask adherence, label fidelity, curvature of generated images")
+    metrics = p.add_subparsers(dest="metric", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    common.add_argument("--split", choices=("training", "validation", "test"), default=None,
+                        help="datalist split (default: all splits)")
+    m = metrics.add_parser("fid", parents=[common], help="FID and KID on InceptionV3 features (offline)")
+    m.add_argument("real", type=Path, help="folder of real images or a datalist .json")
+    m.add_argument("fake", type=Path, help="folder of generated images or a datalist .json")
+    m.add_argument("--size", type=int, default=None, help="resize images to SIZE x SIZE first (e.g. 64)")
+    m.add_argument("--kid-subsets", type=int, default=100)
+    m.add_argument("--kid-subset-size", type=int, default=1000)
+    m.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    m = metrics.add_parser("adherence", parents=[common], help="Dice of conditioning masks vs segmentations")
+    m.add_argument("datalist", type=Path, help="synthetic datalist (items with image and mask)")
+    m.add_argument("--segmenter", type=Path, default=None, help="TorchScript or state dict (default: fallback)")
+    m.add_argument("--segmenter-config", type=Path, default=None, help="bundle config with network_def")
+    m = metrics.add_parser("fidelity", parents=[common], help="AUC of a classifier on the intended labels")
+    m.add_argument("datalist", type=Path, help="synthetic datalist (items with image and class or label)")
+    m.add_argument("--classifier", type=Path, required=True, help="TorchScript (ckpt_export) or state dict")
+    m.add_argument("--classifier-config", type=Path, default=None, help="bundle config with network_def")
+    m = metrics.add_parser("curvature", parents=[common], help="boundary curvature of masks per class")
+    m.add_argument("masks", type=Path, help="folder of masks or a datalist .json")
+    for m in (metrics.choices["adherence"], metrics.choices["fidelity"]):
+        m.add_argument("--activation", choices=("auto", "sigmoid", "softmax", "none"), default="auto",
+                       help="network output -> probability (auto: sigmoid for 1 channel, softmax for 2+)")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

