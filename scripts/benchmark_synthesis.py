@@ -93,15 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     out = args.out.resolve()
-    datalist = args.datalist
-    if datalist is None:
-        if args.busi is None:
-            parser.error("give the BUSI folder or --datalist")
-        from busmonai.data.prepare import prepare_dataset
+    from busmonai.data.prepare import datalist_or_prepare
 
-        prepare_dataset("busi", args.busi, out / "prepared", size=64)
-        datalist = out / "prepared" / "datalist.json"
-    datalist = datalist.resolve()
+    datalist = datalist_or_prepare(args.datalist, args.busi, out)
     result: dict = {"stages": {}, "modes": {}}
     for stage, minutes in zip(STAGES, args.minutes):
         result["stages"][stage] = train_stage(stage, datalist, out, minutes, args.reuse)

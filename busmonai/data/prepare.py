@@ -248,3 +248,19 @@ def load_datalist(path: Path | str) -> dict[str, Any]:
     if not isinstance(data, dict) or "training" not in data:
         raise BusmonaiInputError(f"{path}: no 'training' list; this is not a busmonai datalist")
     return data
+
+
+def datalist_or_prepare(datalist: Path | str | None, busi_root: Path | str | None, out: Path | str,
+                        size: int = 64) -> Path:
+    """The given datalist, or one prepared from a BUSI folder into ``out/prepared`` (for scripts
+    that accept either).
+
+    Raises:
+        BusmonaiInputError: neither is given.
+    """
+    if datalist is not None:
+        return Path(datalist).resolve()
+    if busi_root is None:
+        raise BusmonaiInputError("give the BUSI folder or --datalist")
+    prepare_dataset("busi", busi_root, Path(out) / "prepared", size=size)
+    return (Path(out) / "prepared" / DATALIST_NAME).resolve()
