@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--ae-set", action="append", default=[], metavar="KEY=JSON",
                         help="autoencoder bundle override, e.g. --ae-set latent_channels=8")
+    parser.add_argument("--autoencoder-dir", type=Path, default=None,
+                        help="reuse an autoencoder trained by scripts/benchmark_synthesis.py (its stage record and metrics)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     out = args.out.resolve()
@@ -114,9 +116,19 @@ def main(argv: list[str] | None = None) -> int:
 
     datalist = datalist_or_prepare(args.datalist, args.busi, out)
     extra = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.ae_set)}
-    result = {"autoencoder": train_autoencoder(datalist, out / "autoencoder", args.ae_minutes, extra)}
-    result["ldm_throughput"] = ldm_throughput(datalist, out / "autoencoder" / "model.pt", args.ldm_steps,
-                                              args.batch_size)
+    if args.autoencoder_dir is not None:
+        folder = args.autoencoder_dir.resolve()
+        metrics = json.loads((folder / "metrics.json").read_text())
+        stage = json.loads((folder / "benchmark_stage.json").read_text())
+        result = {"autoencoder": {"wall_seconds": stage["wall_seconds"], "train_seconds": metrics["seconds"],
+                                  "iterations": metrics["iterations"], "epochs": metrics["epochs"],
+                                  "val_psnr": metrics["validation"]["val_psnr"],
+                                  "val_ssim": metrics["validation"]["val_ssim"], "best_psnr": metrics["best_metric"],
+                                  "peak_rss_mb": stage["peak_rss_mb"], "reused": str(folder)}}
+    else:
+        folder = out / "autoencoder"
+        result = {"autoencoder": train_autoencoder(datalist, folder, args.ae_minutes, extra)}
+    result["ldm_throughput"] = ldm_throughput(datalist, folder / "model.pt", args.ldm_steps, args.batch_size)
     ae, ldm = result["autoencoder"], result["ldm_throughput"]
     print("\n| stage | figure | value | target |\n|---|---|---|---|")
     print(f"| autoencoder | validation PSNR (dB) | {ae['val_psnr']:.2f} (best {ae['best_psnr']:.2f}) | >= 30 |")
