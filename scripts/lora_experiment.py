@@ -89,10 +89,10 @@ def source_datalist(args: argparse.Namespace) -> Path:
 
 
 def held_out(datalist: Path) -> list[dict[str, Any]]:
-    """The target's held-out (test) tumor and normal items with their prompts."""
+    """The target's held-out (test) tumor items with their prompts (the images FID/KID compares to)."""
     from busmonai.data.dataset import datalist_split
 
-    return datalist_split(datalist, "test", image_size=IMAGE_SIZE, keys=("image", "prompt"))
+    return datalist_split(datalist, "test", ("benign", "malignant"), image_size=IMAGE_SIZE, keys=("image", "prompt"))
 
 
 # ------------------------------------------------------------------------------------- training
@@ -245,18 +245,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-eval", type=int, default=0, help="cap on held-out images (0: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads here and in the training processes (0: torch's default); "
+                             "1 is much faster when other jobs share the cores")
     parser.add_argument("--json", type=Path, default=None, help="results JSON (default OUT/results.json)")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
+    if args.threads > 0:
+        import os
+
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the bundle processes
+        torch.set_num_threads(args.threads)
     try:
         start = time.perf_counter()
+        ae, ldm = ensure_base(args)
         target = (args.target_datalist or phantom_target(args.out / "target", args.phantom_n, args.seed)).resolve()
         items = held_out(target)
         if args.max_eval:
             items = items[:args.max_eval]
         if len(items) < 2:
             raise BusmonaiInputError(f"{target}: fewer than two held-out (test) images to score against")
-        ae, ldm = ensure_base(args)
         arms: list[tuple[str, str, int | None]] = [("base", "no adaptation", None)]
         if not args.no_full:
             arms.append(("full", "full fine-tune", None))
@@ -300,5 +308,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     raise SystemExit(main())

@@ -6,8 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from bundle_runner import AE_TRAIN, LDM_TRAIN, TINY_AUTOENCODER, ldm_overrides, run_bundle
+
+# Tiny test networks run fastest on one thread, and CI machines may be shared: two threads per
+# process oversubscribe the cores (seen here: 0.02 s vs several seconds per tiny UNet step).
+torch.set_num_threads(1)
 
 SHARED_BUSI = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset_BUSI_with_GT"
 
