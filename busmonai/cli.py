@@ -99,7 +99,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if not sep:
             raise BusmonaiInputError(f"--set {item!r}: expected KEY=VALUE (VALUE as JSON), e.g. --set unet_channels=[32,64,128]")
         overrides[key] = _json_value(value)
-    for key in ("autoencoder_ckpt", "ldm_ckpt") + (("controlnet_ckpt",) if args.mode != "text" else ()):
+    needed = ("autoencoder_ckpt", "ldm_ckpt") + (("controlnet_ckpt",) if args.mode != "text" else ()) + (
+        ("scmg_ckpt",) if args.mask_source == "scmg" else ())
+    for key in needed:
         path = Path(str(overrides.get(key) or Path.cwd() / "runs" / key.split("_")[0] / "model.pt"))
         if not path.is_file():
             raise BusmonaiInputError(f"{path}: checkpoint not found for --{key.replace('_', '-')}; train that stage first")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle_runner import AE_TRAIN, LDM_TRAIN, TINY_AUTOENCODER, ldm_overrides, run_bundle
+from bundle_runner import AE_TRAIN, LDM_TRAIN, TINY_AUTOENCODER, TINY_SCMG, ldm_overrides, run_bundle
 
 # Tiny test networks run fastest on one thread, and CI machines may be shared: two threads per
 # process oversubscribe the cores (seen here: 0.02 s vs several seconds per tiny UNet step).
@@ -65,3 +65,12 @@ def trained_ldm(datalist32: Path, trained_autoencoder: Path, tmp_path_factory: p
     out = tmp_path_factory.mktemp("ldm") / "ldm"
     run_bundle([LDM_TRAIN], **ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1))
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_scmg(datalist32: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("scmg") / "scmg"
+    run_bundle(["bundles/scmg/configs/train.json"], datalist=str(datalist32), output_dir=str(out), image_size=32,
+               max_epochs=2, batch_size=4, **TINY_SCMG)
+    return out
+

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle_runner import AE_TRAIN, LDM_TRAIN, REPO, TINY_AUTOENCODER, TINY_UNET, ldm_overrides, run_bundle
+from bundle_runner import AE_TRAIN, LDM_TRAIN, REPO, TINY_AUTOENCODER, TINY_UNET, is_input_error, ldm_overrides, run_bundle
 from busmonai.errors import BusmonaiInputError
 
 
@@ -56,17 +56,7 @@ def test_autoencoder_rejects_datalist_of_other_size(datalist32: Path, tmp_path: 
     with pytest.raises(Exception) as info:
         run_bundle([AE_TRAIN], datalist=str(datalist32), output_dir=str(tmp_path / "o"), image_size=64,
                    max_epochs=1, **TINY_AUTOENCODER)
-    assert _busmonai_error(info.value, "'image_size' is 64")
-
-
-def _busmonai_error(err: BaseException, text: str) -> bool:
-    """True if ``err`` or an exception it wraps (MONAI wraps config errors) is a
-    BusmonaiInputError whose message contains ``text``."""
-    while err is not None:
-        if isinstance(err, BusmonaiInputError) and text in str(err):
-            return True
-        err = err.__cause__ or err.__context__  # type: ignore[assignment]
-    return False
+    assert is_input_error(info.value, "'image_size' is 64")
 
 
 def test_ldm_trains_with_cached_latents(trained_ldm: Path) -> None:
@@ -113,7 +103,7 @@ def test_ldm_inference_grid_and_empty_prompt_error(trained_ldm: Path, trained_au
     assert len(list((out / "samples").glob("*.png"))) == 16
     with pytest.raises(Exception) as info:
         run_bundle(["bundles/ldm/configs/inference.json"], output_dir=str(tmp_path / "x"), prompts=[], **common)
-    assert _busmonai_error(info.value, "empty prompt list")
+    assert is_input_error(info.value, "empty prompt list")
 
 
 def test_ldm_rejects_autoencoder_checkpoint_of_other_network(datalist32: Path, trained_autoencoder: Path,
@@ -122,7 +112,7 @@ def test_ldm_rejects_autoencoder_checkpoint_of_other_network(datalist32: Path, t
     overrides["autoencoder_channels"] = [16, 16, 16]
     with pytest.raises(Exception) as info:
         run_bundle([LDM_TRAIN], **overrides)
-    assert _busmonai_error(info.value, "'autoencoder_ckpt' checkpoint does not fit")
+    assert is_input_error(info.value, "'autoencoder_ckpt' checkpoint does not fit")
 
 
 def test_ldm_multi_gpu_config_on_cpu_with_gloo(datalist32: Path, trained_autoencoder: Path, tmp_path: Path) -> None:

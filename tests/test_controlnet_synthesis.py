@@ -158,3 +158,14 @@ def test_real_masks_must_be_binary_and_of_image_size(trained_autoencoder: Path, 
 
             make_plan(settings)
     assert find_input_error(RuntimeError("x")) is None
+
+
+def test_generate_with_scmg_masks(trained_autoencoder: Path, trained_ldm: Path, trained_controlnet: Path,
+                                  trained_scmg: Path, datalist32: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scmg_masks"
+    assert main(["generate", "--out", str(out), "--n", "2", "--mask-source", "scmg", "--scmg-ckpt",
+                 str(trained_scmg / "model.pt"), *_checkpoint_args(trained_autoencoder, trained_ldm, trained_controlnet)]) == 0
+    items = json.loads((out / "datalist.json").read_text())["training"]
+    assert [i["source"] for i in items] == ["scmg", "scmg"]
+    for item in items:
+        assert set(np.unique(np.asarray(Image.open(out / item["mask"])))) <= {0, 255}

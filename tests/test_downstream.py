@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from bundle_runner import REPO, run_bundle
+from bundle_runner import REPO, is_input_error, run_bundle
 from busmonai.data.mixing import (
     class_counts,
     mix_datalists,
@@ -263,7 +263,7 @@ def test_segmenter_evaluates_internal_and_external_sets(segmenter_run: tuple[Pat
     with pytest.raises(Exception) as info:
         run_bundle([f"{SEG}/evaluate.json"], datalist=str(data["real"]), external_datalists=[str(data["real48"])],
                    output_dir=str(out), metrics_file=str(tmp_path / "x.json"), **TINY_SEG)
-    assert _busmonai_error(info.value, "external_datalists entry") and _busmonai_error(info.value, "48x48")
+    assert is_input_error(info.value, "external_datalists entry") and is_input_error(info.value, "48x48")
 
 
 def test_segmenter_inference_writes_masks_and_exports(segmenter_run: tuple[Path, Any], data: dict[str, Path],
@@ -285,14 +285,6 @@ def test_every_segmenter_returns_full_size_logits(name: str) -> None:
     assert net(torch.rand(1, 1, 32, 32)).shape == (1, 2, 32, 32)
 
 
-def _busmonai_error(err: BaseException | None, text: str) -> bool:
-    while err is not None:
-        if isinstance(err, BusmonaiInputError) and text in str(err):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
 def test_bundles_reject_bad_inputs(data: dict[str, Path], tmp_path: Path) -> None:
     cases = [
         ({"synthetic_datalist": str(data["relabelled"]), "ratio": 1}, "do not occur in the real training data"),
@@ -305,7 +297,7 @@ def test_bundles_reject_bad_inputs(data: dict[str, Path], tmp_path: Path) -> Non
         with pytest.raises(Exception) as info:
             run_bundle([f"{CLS}/train.json"], datalist=str(data["real"]), output_dir=str(tmp_path / "o"),
                        max_epochs=1, **{**TINY_CLS, **overrides})
-        assert _busmonai_error(info.value, text), (overrides, info.value)
+        assert is_input_error(info.value, text), (overrides, info.value)
 
 
 # --- sweep --------------------------------------------------------------------------------------

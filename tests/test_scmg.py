@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_runner import run_bundle
+from bundle_runner import TINY_SCMG, is_input_error, run_bundle
 from busmonai.clinical.bbox import bboxes_to_maps, mask_bbox
 from busmonai.cli import main
 from busmonai.engines.scmg import SCMGTrainer, rectangle_adherence_loss, sample_bboxes
@@ -21,7 +21,7 @@ from busmonai.networks.scmg import SCMGDiscriminator, SCMGGenerator, tumor_type_
 TRAIN = "bundles/scmg/configs/train.json"
 INFERENCE = "bundles/scmg/configs/inference.json"
 SIZE = 32
-TINY = {"latent_dim": 8, "generator_channels": 8, "type_embed_dim": 4, "spade_hidden": 8, "discriminator_channels": 8}
+TINY = TINY_SCMG
 
 
 def _tiny_generator() -> SCMGGenerator:
@@ -34,29 +34,9 @@ def _maps(n: int = 2) -> torch.Tensor:
     return bboxes_to_maps(boxes, SIZE, SIZE)
 
 
-def _busmonai_error(err: BaseException | None, text: str) -> bool:
-    while err is not None:
-        if isinstance(err, BusmonaiInputError) and text in str(err):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
 @pytest.fixture(scope="module")
-def datalist32(phantom_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from busmonai.data.prepare import prepare_dataset
-
-    out = tmp_path_factory.mktemp("scmg_prepared") / "prepared"
-    prepare_dataset("busi", phantom_source, out, size=SIZE, progress=False)
-    return out / "datalist.json"
-
-
-@pytest.fixture(scope="module")
-def trained(datalist32: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("scmg") / "scmg"
-    run_bundle([TRAIN], datalist=str(datalist32), output_dir=str(out), image_size=SIZE, max_epochs=2, batch_size=4,
-               **TINY)
-    return out
+def trained(trained_scmg: Path) -> Path:
+    return trained_scmg
 
 
 def test_generator_shapes_range_and_type_conditioning() -> None:
@@ -192,4 +172,4 @@ def test_inference_unknown_tumor_type(trained: Path, tmp_path: Path) -> None:
     with pytest.raises(Exception) as info:
         run_bundle([INFERENCE], output_dir=str(tmp_path / "x"), scmg_ckpt=str(trained / "model.pt"),
                    image_size=SIZE, labels=["borderline"], n_per_type=1)
-    assert _busmonai_error(info.value, "unknown tumor type 'borderline'")
+    assert is_input_error(info.value, "unknown tumor type 'borderline'")

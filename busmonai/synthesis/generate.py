@@ -196,6 +196,20 @@ def make_plan(settings: GenerationSettings, scmg_masks: Any = None) -> tuple[lis
     return entries, masks
 
 
+def scmg_sampler(checkpoint: str | Path, image_size: int, device: torch.device | str = "cpu") -> Any:
+    """``sample(label, n, rng) -> list of uint8 masks`` from a trained SCMG generator, each with a
+    random rectangle drawn from its training statistics (for ``mask_source="scmg"``)."""
+    from busmonai.engines.scmg import draw_scmg_masks, load_generator
+
+    load_generator(checkpoint, device=device)  # fail early, naming the file, if it is missing
+
+    def sample(label: str, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+        masks, _ = draw_scmg_masks(checkpoint, label, n, image_size, seed=int(rng.integers(2**31 - 1)), device=device)
+        return [mask.astype(np.uint8) * 255 for mask in masks]
+
+    return sample
+
+
 def _check_output(out: Path, settings: GenerationSettings) -> bool:
     """True if ``out`` holds an unfinished or finished run with the same settings (resume)."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
