@@ -128,3 +128,33 @@ def test_ldm_multi_gpu_config_on_cpu_with_gloo(datalist32: Path, trained_autoenc
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (out / "model.pt").is_file()
+
+
+def test_autoencoder_adversarial_term_switches_on_after_warmup(datalist32: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ae_gan"
+    run_bundle([AE_TRAIN], datalist=str(datalist32), output_dir=str(out), image_size=32, max_epochs=2, val_interval=1,
+               batch_size=4, adv_weight=0.01, adv_warmup_epochs=1, discriminator_def={
+                   "_target_": "monai.networks.nets.PatchDiscriminator", "spatial_dims": 2, "num_layers_d": 2,
+                   "channels": 8, "in_channels": 1, "out_channels": 1, "norm": "INSTANCE"}, **TINY_AUTOENCODER)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["d_loss"] > 0 and metrics["adv_loss"] > 0  # epoch 2 is past the warm-up
+    state = torch.load(out / "resume_checkpoint_epoch=2.pt", weights_only=True)
+    assert "discriminator" in state and "d_optimizer" in state
+
+
+def test_perceptual_loss_needs_local_weights(datalist32: Path, tmp_path: Path) -> None:
+    with pytest.raises(Exception) as info:
+        run_bundle([AE_TRAIN], datalist=str(datalist32), output_dir=str(tmp_path / "p"), image_size=32, max_epochs=1,
+                   perceptual_weight=0.1, **TINY_AUTOENCODER)
+    assert is_input_error(info.value, "perceptual_weights")
+
+
+def test_multichannel_images_are_refused(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from busmonai.data.dataset import LoadPNGd
+
+    path = tmp_path / "rgb.png"
+    Image.new("RGB", (32, 32)).save(path)
+    with pytest.raises(BusmonaiInputError, match="3-channel image"):
+        LoadPNGd(keys="image", image_size=32)({"image": str(path)})
