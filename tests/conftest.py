@@ -17,6 +17,14 @@ torch.set_num_threads(1)
 SHARED_BUSI = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset_BUSI_with_GT"
 
 
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every test in its own empty working directory, so that defaults relative to the working
+    directory (``data/prepared/datalist.json``, ``runs/<stage>/model.pt``) never pick up files a
+    user or the README's main command left in the repository."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="session")
 def phantom_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 12-image phantom dataset in BUSI layout, written once per session (do not modify)."""
