@@ -158,3 +158,15 @@ def test_multichannel_images_are_refused(tmp_path: Path) -> None:
     Image.new("RGB", (32, 32)).save(path)
     with pytest.raises(BusmonaiInputError, match="3-channel image"):
         LoadPNGd(keys="image", image_size=32)({"image": str(path)})
+
+
+def test_fresh_start_drops_stale_resume_checkpoints(trained_autoencoder: Path, datalist32: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "ae"
+    shutil.copytree(trained_autoencoder, out)
+    (out / "resume_checkpoint_epoch=2.pt").rename(out / "resume_checkpoint_epoch=9.pt")  # an older, longer run
+    workflow = run_bundle([AE_TRAIN], datalist=str(datalist32), output_dir=str(out), image_size=32, max_epochs=1,
+                          val_interval=1, batch_size=4, resume=False, **TINY_AUTOENCODER)
+    assert workflow.parser.get_parsed_content("train#trainer").state.epoch == 1
+    assert [p.name for p in out.glob("resume_*.pt")] == ["resume_checkpoint_epoch=1.pt"]

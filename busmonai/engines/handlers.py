@@ -38,12 +38,12 @@ _RESUME_RE = re.compile(rf"^{RESUME_PREFIX}_.*=(\d+)\.pt$")
 
 
 def latest_resume_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest ``resume_*=N.pt`` checkpoint in ``output_dir``, or None."""
+    """The most recently written ``resume_*=N.pt`` checkpoint in ``output_dir`` (ties: highest N), or None."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _RESUME_RE.match(p.name))]
-    return max(found)[1] if found else None
+    found = [(p.stat().st_mtime_ns, int(m.group(1)), p) for p in folder.iterdir() if (m := _RESUME_RE.match(p.name))]
+    return max(found)[2] if found else None
 
 
 def write_json_atomic(data: Mapping[str, Any], path: str | Path) -> None:
@@ -90,7 +90,12 @@ class ResumeFromLatest:
                 path.unlink(missing_ok=True)
 
     def __call__(self, engine: Engine) -> None:
-        path = latest_resume_checkpoint(self.output_dir) if self.enabled else None
+        if not self.enabled:  # a fresh start: earlier resume files are stale
+            for path in self.output_dir.glob(f"{RESUME_PREFIX}_*.pt"):
+                if _RESUME_RE.match(path.name):
+                    path.unlink()
+            return
+        path = latest_resume_checkpoint(self.output_dir)
         if path is None:
             return
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
