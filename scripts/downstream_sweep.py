@@ -14,7 +14,9 @@ and draws ``OUT/plot_<set>_<metric>.png`` (metric vs ratio, drawn with PIL).
 
 Ratio tokens: ``0`` (real only), ``ordinary`` (real only + ordinary augmentation), a number R
 (``0.25``, ``0.5``, ``1``, ``2``), a percentage (``25%``) or CP's ``1:k``, and ``R+ordinary``
-(synthetic plus augmentation). Re-running with the same ``--out`` skips finished cells; a cell
+(synthetic plus augmentation), and ``adaptive`` (classification: LT-GenAug's class-adaptive
+sampler, ``bundles/classification/configs/adaptive_sampler.json``, drawing from the whole
+synthetic datalist). Re-running with the same ``--out`` skips finished cells; a cell
 that was interrupted is trained again from scratch, so every cell gets the same time budget.
 
 Real BUSI sweep (the issue's "must show"; 64 px, one network per task, three seeds, 5 minutes
@@ -55,6 +57,13 @@ REPO = Path(__file__).resolve().parents[1]
 PRIMARY = {"classification": ("auc", "f1"), "segmentation": ("dice",)}
 DEFAULT_NETWORK = {"classification": "efficientnet_b0", "segmentation": "unet"}
 GOAL = {"auc": 0.02, "dice": 0.01}
+ADAPTIVE = "adaptive"
+LABELS = {"0": "real only", "ordinary": "ordinary aug.", ADAPTIVE: "adaptive"}
+
+
+def uses_synthetic(token: str, ratio: float) -> bool:
+    """True if the cell draws synthetic images (a ratio > 0 or the adaptive sampler)."""
+    return ratio > 0 or token == ADAPTIVE
 
 
 def parse_token(token: str) -> tuple[str, float, str]:
@@ -64,6 +73,8 @@ def parse_token(token: str) -> tuple[str, float, str]:
 
     text = token.strip()
     augment = "none"
+    if text == ADAPTIVE:
+        return ADAPTIVE, 0.0, "none"
     if text == "ordinary":
         return "ordinary", 0.0, "ordinary"
     if text.endswith("+ordinary"):
@@ -120,15 +131,19 @@ def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, a
         shutil.rmtree(cell_dir)
     common = {"image_size": args.image_size, "network_name": network, "seed": seed, "output_dir": str(cell_dir),
               **args.overrides}
+    synthetic = args.synthetic and uses_synthetic(token, ratio)
     train = {**common, "datalist": str(Path(args.datalist).resolve()), "ratio": ratio, "augment": augment,
-             "synthetic_datalist": str(Path(args.synthetic).resolve()) if args.synthetic and ratio > 0 else None,
+             "synthetic_datalist": str(Path(args.synthetic).resolve()) if synthetic else None,
              "max_minutes": args.minutes, "resume": False}
     if args.max_epochs:
         train["max_epochs"] = args.max_epochs
     elif args.minutes > 0:
         train["max_epochs"] = 100000
     start = time.perf_counter()
-    _run_config([f"bundles/{args.task}/configs/train.json"], train)
+    configs = [f"bundles/{args.task}/configs/train.json"]
+    if token == ADAPTIVE:
+        configs.append(f"bundles/{args.task}/configs/adaptive_sampler.json")
+    _run_config(configs, train)
     trained = json.loads((cell_dir / "metrics.json").read_text())
     evaluate = {**{k: v for k, v in common.items() if k in args.eval_keys or k in ("image_size", "network_name",
                                                                                        "seed", "output_dir")},
@@ -139,6 +154,8 @@ def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, a
     tested = json.loads((cell_dir / "test_metrics.json").read_text())
     sets = {name: {k: v for k, v in entry.items() if k not in ("counts",)}
             for name, entry in tested.items() if isinstance(entry, dict) and "n" in entry}
+    adaptive_path = cell_dir / "adaptive_sampler.json"
+    adaptive = json.loads(adaptive_path.read_text())["history"] if adaptive_path.is_file() else []
     return {
         "cell": cell_key(args.task, network, token, seed), "task": args.task, "network": network, "ratio": token,
         "ratio_value": ratio, "augment": augment, "seed": seed, "minutes": args.minutes, "image_size": args.image_size,
@@ -146,6 +163,7 @@ def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, a
         "train_seconds": trained.get("seconds"), "seconds": round(time.perf_counter() - start, 1),
         "best_validation": trained.get("best_metric"), "training_counts": trained.get("training_counts"),
         "test": sets,
+        **({"adaptive_final_counts": adaptive[-1]["counts"], "adaptive_steps": len(adaptive)} if adaptive else {}),
     }
 
 
@@ -180,9 +198,8 @@ def format_tables(table: Mapping[tuple[str, str], Mapping[str, Mapping[str, tupl
     """The papers' tables: one per (set, metric), networks as rows, ratios as columns, mean +- std,
     the best mean of each row marked ``*``; then whether synthetic data beat the baselines."""
     lines: list[str] = []
-    label = {"0": "real only", "ordinary": "ordinary aug."}
     for (name, metric), cells in table.items():
-        headers = [label.get(t, f"R={t}") for t in tokens]
+        headers = [LABELS.get(t, f"R={t}") for t in tokens]
         width = max(16, *(len(h) + 2 for h in headers))
         lines.append(f"\n{metric.upper()} on '{name}' (mean +- std over seeds; * best per row)")
         lines.append(f"{'network':<16}" + "".join(f"{h:>{width}}" for h in headers))
@@ -209,7 +226,8 @@ def format_tables(table: Mapping[tuple[str, str], Mapping[str, Mapping[str, tupl
                 if base in row:
                     gain = mean - row[base][0]
                     verdict = "met" if gain >= goal else "NOT met"
-                    lines.append(f"  {network}: best synthetic R={token} vs {label[base]}: {gain:+.3f} "
+                    lines.append(f"  {network}: best synthetic {LABELS.get(token, f'R={token}')} vs {LABELS[base]}: "
+                                 f"{gain:+.3f} "
                                  f"(goal >= +{goal:.2f}: {verdict})")
     return "\n".join(lines)
 
@@ -319,8 +337,11 @@ def _main(args: argparse.Namespace) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.external and args.task != "segmentation":
         raise BusmonaiInputError("--external datalists are evaluated by the segmentation sweep only")
-    if any(ratio > 0 for _, ratio, _ in parsed) and not args.synthetic:
-        raise BusmonaiInputError("--ratios has ratios > 0 but no --synthetic DATALIST was given")
+    if any(uses_synthetic(token, ratio) for token, ratio, _ in parsed) and not args.synthetic:
+        raise BusmonaiInputError("--ratios has ratios > 0 (or adaptive) but no --synthetic DATALIST was given")
+    if any(token == ADAPTIVE for token, _, _ in parsed) and args.task != "classification":
+        raise BusmonaiInputError("--ratios adaptive: LT-GenAug's adaptive sampler is wired into the "
+                                 "classification bundle only (its reward is the validation AUC)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"

@@ -193,6 +193,41 @@ def test_classifier_evaluate_reloads_best_checkpoint(classifier_run: tuple[Path,
     assert result["checkpoint"].endswith("model.pt")
 
 
+def test_classifier_with_lt_genaug_adaptive_sampler(data: dict[str, Path], tmp_path: Path) -> None:
+    """The override file swaps the fixed ratio for LT-GenAug's agents: batches are real items plus
+    per-class synthetic counts the agents change after every validation; validation stays real and
+    the agents' state is part of the resume checkpoint."""
+    out = tmp_path / "adaptive"
+    workflow = run_bundle([f"{CLS}/train.json", f"{CLS}/adaptive_sampler.json"], datalist=str(data["real"]),
+                          synthetic_datalist=str(data["synthetic"]), output_dir=str(out), max_epochs=3,
+                          adaptive_initial=2, **TINY_CLS)
+    parser = workflow.parser
+    sampler = parser.get_parsed_content("adaptive#sampler")
+    handler = parser.get_parsed_content("adaptive#handler")
+    synthetic = json.loads(data["synthetic"].read_text())
+    pool = [i for split in ("training", "validation", "test") for i in synthetic[split]
+            if i["class"] in ("benign", "malignant")]  # the pool is every split of a synthetic datalist
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sum(metrics["training_counts"]["synthetic"].values()) == len(pool)
+    assert metrics["validation_counts"]["synthetic"] == {}
+    assert not any(item["synthetic"] for item in parser.get_parsed_content("validate#data"))
+    record = json.loads((out / "adaptive_sampler.json").read_text())
+    assert [h["step"] for h in record["history"]] == [1, 2, 3] and record["metric"] == "val_auc"
+    for before, after in zip([{"benign": 2, "malignant": 2}] + [h["counts"] for h in record["history"]],
+                             [h["counts"] for h in record["history"]]):
+        assert all(after[c] - before[c] in (-2, 0, 2) for c in before)  # one action per class per step
+    assert sampler.counts == record["history"][-1]["counts"]
+    items = parser.get_parsed_content("train#data")
+    batch = next(iter(sampler))
+    assert sum(items[i]["synthetic"] for i in batch) == sum(sampler.counts.values())
+    resume = torch.load(next(out.glob("resume_*.pt")), weights_only=True)
+    assert resume["adaptive"]["history"] == handler.history
+    with pytest.raises(Exception) as info:
+        run_bundle([f"{CLS}/train.json", f"{CLS}/adaptive_sampler.json"], datalist=str(data["real"]),
+                   output_dir=str(tmp_path / "none"), max_epochs=1, **TINY_CLS)
+    assert is_input_error(info.value, "no synthetic datalist was given")
+
+
 def test_classifier_inference_and_torchscript_export(classifier_run: tuple[Path, Any], data: dict[str, Path],
                                                      tmp_path: Path) -> None:
     out, _ = classifier_run
@@ -308,27 +343,34 @@ def test_sweep_runs_resumes_and_prints_tables(data: dict[str, Path], tmp_path: P
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)  # type: ignore[union-attr]
     assert sweep.parse_token("1:2") == ("2", 2.0, "none") and sweep.parse_token("ordinary") == ("ordinary", 0, "ordinary")
+    assert sweep.parse_token("adaptive") == ("adaptive", 0.0, "none")
     argv = ["--task", "classification", "--datalist", str(data["real"]), "--synthetic", str(data["synthetic"]),
-            "--ratios", "ordinary,1:1", "--seeds", "0", "--networks", "test_efficientnet", "--minutes", "0",
+            "--ratios", "ordinary,1:1,adaptive", "--seeds", "0", "--networks", "test_efficientnet", "--minutes", "0",
             "--max-epochs", "1", "--image-size", "32", "--out", str(tmp_path / "sweep"), "--set", "batch_size=4"]
     assert sweep.main(argv) == 0
     first = capsys.readouterr().out
     results = (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()
-    assert len(results) == 2
+    assert len(results) == 3
     assert "AUC on 'test'" in first and "ordinary aug." in first and "R=1" in first and "*" in first
     assert "best synthetic R=1 vs ordinary aug." in first
     assert (tmp_path / "sweep" / "plot_test_auc.png").is_file()
     rows = [json.loads(line) for line in results]
-    assert {r["ratio"] for r in rows} == {"ordinary", "1"}
-    assert all(r["training_counts"]["synthetic"] == ({} if r["ratio"] == "ordinary" else r["training_counts"]["real"])
-               for r in rows)
+    assert {r["ratio"] for r in rows} == {"ordinary", "1", "adaptive"}
+    by_ratio = {r["ratio"]: r for r in rows}
+    assert by_ratio["ordinary"]["training_counts"]["synthetic"] == {}
+    assert by_ratio["1"]["training_counts"]["synthetic"] == by_ratio["1"]["training_counts"]["real"]
+    assert set(by_ratio["adaptive"]["adaptive_final_counts"]) == {"benign", "malignant"}
+    assert by_ratio["adaptive"]["adaptive_steps"] >= 1 and "adaptive" in first
     assert sweep.main(argv) == 0
     second = capsys.readouterr().out
-    assert "2 already finished, 0 to run" in second and "AUC on 'test'" in second
+    assert "3 already finished, 0 to run" in second and "AUC on 'test'" in second
     assert (tmp_path / "sweep" / "results.jsonl").read_text().splitlines() == results
     no_synthetic = [a for a in argv if a not in ("--synthetic", str(data["synthetic"]))]
     assert sweep.main([*no_synthetic, "--out", str(tmp_path / "bad")]) == 2
     assert "no --synthetic DATALIST" in capsys.readouterr().err
+    segmentation = ["--task", "segmentation", *argv[2:argv.index("--networks")], "--out", str(tmp_path / "seg")]
+    assert sweep.main(segmentation) == 2
+    assert "classification bundle only" in capsys.readouterr().err
 
 
 def test_local_pretrained_weights_adapt_to_one_channel(tmp_path: Path) -> None:

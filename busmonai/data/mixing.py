@@ -20,7 +20,8 @@ Validation and test items always come from real datalists (:func:`real_items`); 
 carries ``synthetic: bool`` so a test or a handler can check it.
 
 LT-GenAug's class-adaptive sampler (reinforcement-learned per-class synthetic counts per
-mini-batch) is not implemented here; the fixed class-balanced ratio is the CP / journal protocol.
+mini-batch) is :mod:`busmonai.data.adaptive_sampler`; :func:`adaptive_training_items` gives it
+the real items and the whole synthetic pool.
 """
 
 from __future__ import annotations
@@ -258,11 +259,44 @@ def training_items(
         return real
     if not synthetic_datalist:
         return mix_datalists(real, None, ratio, seed, classes, replace)
+    pool = _checked_synthetic_pool(datalist, synthetic_datalist, classes, image_size, keys)
+    return mix_datalists(real, pool, value, seed, classes, replace)
+
+
+def _checked_synthetic_pool(datalist: str | Path, synthetic_datalist: str | Path, classes: Sequence[str],
+                            image_size: int | None, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """:func:`synthetic_items` after checking that the raw synthetic datalist has no class or label
+    the real one lacks."""
     raw_real = [i for s in SPLITS for i in load_datalist(datalist).get(s) or []]
     raw_synthetic = [i for s in SPLITS for i in load_datalist(synthetic_datalist).get(s) or []]
     _check_labels(raw_real, raw_synthetic, where=str(synthetic_datalist))
-    pool = synthetic_items(synthetic_datalist, classes, image_size, keys)
-    return mix_datalists(real, pool, value, seed, classes, replace)
+    return synthetic_items(synthetic_datalist, classes, image_size, keys)
+
+
+def adaptive_training_items(
+    datalist: str | Path,
+    synthetic_datalist: str | Path | None,
+    classes: Sequence[str] = TUMOR_CLASSES,
+    image_size: int | None = None,
+    holdout: float = 0.0,
+    seed: int = 0,
+    keys: Sequence[str] = ("image", "label"),
+) -> list[dict[str, Any]]:
+    """Training items for LT-GenAug's adaptive sampler: the real training items (minus the
+    validation holdout) followed by the whole synthetic pool; the sampler
+    (:class:`busmonai.data.adaptive_sampler.ClassAdaptiveBatchSampler`) decides how many
+    synthetic items of each class enter a batch.
+
+    Raises:
+        BusmonaiInputError: no synthetic datalist, or the checks of :func:`training_items`.
+    """
+    if not synthetic_datalist:
+        raise BusmonaiInputError(
+            "the adaptive sampler draws synthetic images but no synthetic datalist was given; "
+            "pass --synthetic_datalist PATH (a datalist written by 'busmonai generate')"
+        )
+    real = real_items(datalist, "training", classes, image_size, holdout, seed, keys)
+    return real + _checked_synthetic_pool(datalist, synthetic_datalist, classes, image_size, keys)
 
 
 def external_items(

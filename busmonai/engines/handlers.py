@@ -8,12 +8,15 @@
 - :class:`PreviewGrid`: a PNG grid (and a TensorBoard image) of samples or reconstructions.
 - :class:`MetricsWriter`: ``metrics.json`` at the end: iterations, time, best validation metric.
 - :class:`ValidateAtEnd`: one last validation when training ends off the validation interval.
+- :class:`AdaptiveSamplerUpdate`: after each validation, LT-GenAug's agents learn from the
+  validation metric and change how many synthetic images of each class enter a batch.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -234,3 +237,61 @@ class MetricsWriter:
             data["best_metric"] = float(self.validator.state.best_metric)
             data["best_metric_epoch"] = int(self.validator.state.best_metric_epoch)
         write_json_atomic(data, self.path)
+
+
+class AdaptiveSamplerUpdate:
+    """LT-GenAug's loop: after every validation, reward = metric ** ``power``, a REINFORCE step
+    for the agents' last actions, new actions applied to the sampler (METHOD.md section 6).
+
+    The counts per validation are kept in :attr:`history` and written to TensorBoard
+    (``synthetic_per_batch/<class>``); :meth:`state_dict` makes the agents and counts part of a
+    resume checkpoint.
+
+    Args:
+        sampler: a :class:`busmonai.data.adaptive_sampler.ClassAdaptiveBatchSampler`.
+        agents: a :class:`busmonai.data.adaptive_sampler.ReinforceClassAgents`.
+        metric_name: the validator's metric to reward (e.g. ``val_auc``).
+        power: the reward's exponent (LT-GenAug cubes the metric).
+        summary_writer: optional TensorBoard writer.
+        path: optional JSON file rewritten after every step with :attr:`history`.
+    """
+
+    def __init__(self, sampler: Any, agents: Any, metric_name: str = "val_auc", power: float = 3.0,
+                 summary_writer: Any = None, path: str | Path | None = None) -> None:
+        self.sampler = sampler
+        self.agents = agents
+        self.metric_name = metric_name
+        self.power = float(power)
+        self.summary_writer = summary_writer
+        self.path = Path(path) if path else None
+        self.history: list[dict[str, Any]] = []
+
+    def attach(self, validator: Engine) -> None:
+        """Run at the validator's ``Events.COMPLETED``."""
+        validator.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, validator: Engine) -> None:
+        if self.metric_name not in validator.state.metrics:
+            raise BusmonaiInputError(
+                f"adaptive sampler: the validator has no metric {self.metric_name!r} "
+                f"(it has {', '.join(sorted(validator.state.metrics)) or 'none'}); set adaptive_metric")
+        metric = float(validator.state.metrics[self.metric_name])
+        reward = metric ** self.power if math.isfinite(metric) else float("nan")
+        advantage = self.agents.update(reward)
+        counts = self.agents.act(self.sampler)
+        step = len(self.history) + 1
+        self.history.append({"step": step, "metric": metric, "advantage": advantage, "counts": counts})
+        if self.summary_writer is not None:
+            for cls, count in counts.items():
+                self.summary_writer.add_scalar(f"synthetic_per_batch/{cls}", count, step)
+        if self.path is not None:
+            write_json_atomic({"metric": self.metric_name, "power": self.power, "history": self.history}, self.path)
+        logger.info("adaptive sampler: %s %.4f -> synthetic per batch %s", self.metric_name, metric, counts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"agents": self.agents.state_dict(), "sampler": self.sampler.state_dict(), "history": self.history}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.agents.load_state_dict(state.get("agents", {}))
+        self.sampler.load_state_dict(state.get("sampler", {}))
+        self.history = list(state.get("history", []))

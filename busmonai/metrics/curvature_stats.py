@@ -27,21 +27,14 @@ import numpy as np
 from busmonai.clinical.curvature import curvature_statistics
 from busmonai.data.prepare import TUMOR_CLASSES
 from busmonai.errors import BusmonaiInputError
-from busmonai.metrics.sources import IMAGE_SUFFIXES, datalist_items, is_datalist, item_class, load_mask_array
+from busmonai.metrics.sources import datalist_items, is_datalist, item_class, load_mask_array, walk_image_files
 
 KNOWN_CLASSES = ("benign", "malignant", "normal", "tumor")
 
 
 def _folder_masks(folder: Path) -> list[tuple[Path, str | None]]:
-    if not folder.is_dir():
-        raise BusmonaiInputError(f"{folder}: no such folder; pass a folder of masks or a datalist .json")
     found = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if any(part.startswith(".") for part in rel.parts) or path.name.lower().startswith("sheet"):
-            continue
+    for path, _ in walk_image_files(folder, "masks"):
         prefix = path.stem.split("_")[0].lower()
         found.append((path, prefix if prefix in KNOWN_CLASSES else None))
     return found

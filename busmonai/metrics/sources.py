@@ -68,29 +68,41 @@ def is_datalist(path: Path | str) -> bool:
     return Path(path).suffix.lower() == ".json"
 
 
-def folder_images(folder: Path | str) -> list[Path]:
-    """Image files under ``folder`` (recursive), sorted, without masks, sheets and hidden files.
+def walk_image_files(folder: Path | str, kind: str = "images") -> list[tuple[Path, Path]]:
+    """``(path, path relative to folder)`` of the image files under ``folder`` (recursive, sorted),
+    without hidden files and contact sheets (``sheet*.png``).
+
+    Args:
+        folder: the folder to walk.
+        kind: what the folder should hold, for the error message ("images", "masks").
 
     Raises:
         BusmonaiInputError: ``folder`` does not exist or is not a folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise BusmonaiInputError(f"{folder}: no such folder; pass a folder of images or a datalist .json")
+        raise BusmonaiInputError(f"{folder}: no such folder; pass a folder of {kind} or a datalist .json")
     found = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        if any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") for part in rel.parts) or path.name.lower().startswith("sheet"):
             continue
-        if any(part.lower() in MASK_FOLDER_NAMES for part in rel.parts[:-1]):
-            continue
-        name = path.name.lower()
-        if "_mask" in name or name.startswith("sheet"):
-            continue
-        found.append(path.resolve())
+        found.append((path, rel))
     return found
+
+
+def folder_images(folder: Path | str) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted, without masks, sheets and hidden files.
+
+    Raises:
+        BusmonaiInputError: ``folder`` does not exist or is not a folder.
+    """
+    return [
+        path.resolve() for path, rel in walk_image_files(folder)
+        if not any(part.lower() in MASK_FOLDER_NAMES for part in rel.parts[:-1]) and "_mask" not in path.name.lower()
+    ]
 
 
 def item_class(item: dict[str, Any]) -> str | None:
