@@ -232,8 +232,9 @@ class MetricsWriter:
             **self.extra,
         }
         if self.validator is not None:
+            # numpy scalars too: MONAI's ROCAUC returns np.float32 when predictions tie
             data["validation"] = {k: float(v) for k, v in self.validator.state.metrics.items()
-                                  if isinstance(v, (int, float))}
+                                  if isinstance(v, (int, float, np.number))}
             data["best_metric"] = float(self.validator.state.best_metric)
             data["best_metric_epoch"] = int(self.validator.state.best_metric_epoch)
         write_json_atomic(data, self.path)
