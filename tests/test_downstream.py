@@ -217,6 +217,7 @@ def test_classifier_with_lt_genaug_adaptive_sampler(data: dict[str, Path], tmp_p
                              [h["counts"] for h in record["history"]]):
         assert all(after[c] - before[c] in (-2, 0, 2) for c in before)  # one action per class per step
     assert sampler.counts == record["history"][-1]["counts"]
+    assert parser.get_parsed_content("train#dataloader").batch_sampler is sampler  # the trainer's batches
     items = parser.get_parsed_content("train#data")
     batch = next(iter(sampler))
     assert sum(items[i]["synthetic"] for i in batch) == sum(sampler.counts.values())
