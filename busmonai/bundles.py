@@ -1,13 +1,13 @@
 """Locating the repository's MONAI Bundles and running their configs from Python.
 
-Bundle configs reference each other with ``%bundles/<stage>/configs/...`` macros, which MONAI
-resolves relative to the working directory; :func:`run_config` therefore runs them from the
-repository root, as ``python -m monai.bundle run`` from the root does.
+Each bundle is self-contained: it refers to its own files through ``@bundle_root`` and to other
+stages only through their checkpoints (:mod:`busmonai.networks.described`), so a bundle folder
+copied anywhere runs from any working directory. ``bundle_root`` defaults to
+:func:`bundle_root`, the folder above the ``configs/`` folder the workflow was started from.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,36 @@ def bundle_config(stage: str, name: str = "train.json") -> Path:
     return path
 
 
+def bundle_root(fallback: str | Path = ".") -> str:
+    """The folder of the bundle whose config is being run (the parent of its ``configs/``).
+
+    ``python -m monai.bundle run --config_file X/configs/inference.json`` and MONAI's
+    ``ConfigWorkflow`` know the config folder but do not set ``bundle_root``; this finds the
+    running workflow on the call stack and returns ``X`` as an absolute path. Tools that set
+    ``bundle_root`` themselves (MONAI Label, MONAI Deploy, ``--bundle_root DIR``) override it.
+
+    Args:
+        fallback: returned when no workflow is running (a bare ``ConfigParser``).
+    """
+    import inspect
+
+    from monai.bundle import ConfigWorkflow
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            workflow = frame.f_locals.get("self")
+            if isinstance(workflow, ConfigWorkflow):
+                root = Path(workflow.config_root_path).resolve()
+                return str(root.parent if root.name == "configs" else root)
+            frame = frame.f_back
+    finally:
+        del frame
+    return str(Path(fallback).resolve())
+
+
 def run_config(configs: Sequence[str | Path], run: bool = True, **overrides: Any) -> Any:
-    """Initialise (and run) a bundle workflow from the repository root; returns the workflow.
+    """Initialise (and run) a bundle workflow; returns the workflow.
 
     Args:
         configs: config files, merged in order (e.g. train.json then paper.json).
@@ -44,18 +72,13 @@ def run_config(configs: Sequence[str | Path], run: bool = True, **overrides: Any
     """
     from monai.bundle import ConfigWorkflow
 
-    cwd = os.getcwd()
-    os.chdir(REPO_ROOT)
-    try:
-        files = [str(Path(c).resolve()) for c in configs]
-        workflow = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=None, **overrides)
-        workflow.initialize()
-        if run:
-            workflow.run()
-            workflow.finalize()
-        return workflow
-    finally:
-        os.chdir(cwd)
+    files = [str(Path(c).resolve()) for c in configs]
+    workflow = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=None, **overrides)
+    workflow.initialize()
+    if run:
+        workflow.run()
+        workflow.finalize()
+    return workflow
 
 
 _PEAK_MARK = "BUSMONAI_PEAK_RSS_KB="
@@ -68,7 +91,7 @@ _CHILD = (
 
 
 def run_bundle_process(configs: Sequence[str | Path], overrides: dict[str, Any]) -> dict[str, float]:
-    """``python -m monai.bundle run`` in a child process from the repository root.
+    """``python -m monai.bundle run`` in a child process (in the current working directory).
 
     Returns:
         ``{"seconds": wall time, "peak_rss_mb": the child's own peak resident memory}``.
@@ -86,7 +109,7 @@ def run_bundle_process(configs: Sequence[str | Path], overrides: dict[str, Any])
     for key, value in overrides.items():
         args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", _CHILD, *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+    run = subprocess.run([sys.executable, "-c", _CHILD, *args], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
     if run.returncode != 0:

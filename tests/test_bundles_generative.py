@@ -63,7 +63,7 @@ def test_ldm_trains_with_cached_latents(trained_ldm: Path) -> None:
     for name in ("model.pt", "metrics.json", "samples.png", "latents.pt"):
         assert (trained_ldm / name).is_file(), name
     assert list(trained_ldm.glob("events.out.tfevents.*"))
-    state = torch.load(trained_ldm / "model.pt", weights_only=True)
+    state = torch.load(trained_ldm / "model.pt", weights_only=True)["model"]
     cache = torch.load(trained_ldm / "latents.pt", weights_only=True)
     assert float(state["scale_factor"]) == pytest.approx(cache["scale_factor"])
     assert cache["scale_factor"] == pytest.approx(1.0 / float(cache["latents"].std()), rel=1e-5)
@@ -89,8 +89,11 @@ def test_ldm_with_learned_vocabulary_encoder(datalist32: Path, trained_autoencod
     out = tmp_path / "ldm_vocab"
     run_bundle([LDM_TRAIN], **ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1,
                                              text_encoder_name="vocab", text_encoder_kwargs={"dim": 16}))
-    state = torch.load(out / "model.pt", weights_only=True)
-    assert any(key.startswith("text_encoder.") for key in state)
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    assert any(key.startswith("text_encoder.") for key in checkpoint["model"])
+    # the learned encoder is rebuilt from the record: name and options travel with the weights
+    assert checkpoint["arch"]["parts"]["text_encoder"]["name"] == "vocab"
+    assert checkpoint["arch"]["parts"]["text_encoder"]["options"] == {"dim": 16}
 
 
 def test_ldm_inference_grid_and_empty_prompt_error(trained_ldm: Path, trained_autoencoder: Path, tmp_path: Path) -> None:
@@ -106,13 +109,38 @@ def test_ldm_inference_grid_and_empty_prompt_error(trained_ldm: Path, trained_au
     assert is_input_error(info.value, "empty prompt list")
 
 
-def test_ldm_rejects_autoencoder_checkpoint_of_other_network(datalist32: Path, trained_autoencoder: Path,
-                                                             tmp_path: Path) -> None:
+def test_ldm_builds_the_autoencoder_from_its_checkpoint(datalist32: Path, trained_autoencoder: Path,
+                                                         tmp_path: Path) -> None:
+    """The LDM config holds no autoencoder sizes: a wider autoencoder checkpoint just works."""
+    wide = tmp_path / "wide_ae"
+    run_bundle([AE_TRAIN], datalist=str(datalist32), output_dir=str(wide), image_size=32, max_epochs=1,
+               batch_size=4, autoencoder_channels=[8, 16, 16], autoencoder_norm_groups=4, latent_channels=3)
+    out = tmp_path / "ldm"
+    workflow = run_bundle([LDM_TRAIN], **ldm_overrides(datalist32, wide, out, max_epochs=1))
+    assert workflow.parser.get_parsed_content("latent_channels") == 3
+    assert torch.load(out / "latents.pt", weights_only=True)["latents"].shape[1] == 3
+
+
+@pytest.mark.parametrize("fault", ["other stage", "no record", "wrong weights"])
+def test_ldm_rejects_a_bad_autoencoder_checkpoint(fault: str, datalist32: Path, trained_autoencoder: Path,
+                                                  trained_ldm: Path, tmp_path: Path) -> None:
+    checkpoint = torch.load(trained_autoencoder / "model.pt", weights_only=True)
+    bad = tmp_path / "model.pt"
+    if fault == "other stage":
+        bad = trained_ldm / "model.pt"
+        expected = "holds a 'ldm' checkpoint, not a 'autoencoder' one"
+    elif fault == "no record":
+        torch.save(checkpoint["model"], bad)
+        expected = "has no architecture record"
+    else:
+        checkpoint["arch"]["parts"]["network"]["channels"] = [16, 16, 16]
+        torch.save(checkpoint, bad)
+        expected = "checkpoint does not fit"
     overrides = ldm_overrides(datalist32, trained_autoencoder, tmp_path / "o", max_epochs=1)
-    overrides["autoencoder_channels"] = [16, 16, 16]
+    overrides["autoencoder_ckpt"] = str(bad)
     with pytest.raises(Exception) as info:
         run_bundle([LDM_TRAIN], **overrides)
-    assert is_input_error(info.value, "'autoencoder_ckpt' checkpoint does not fit")
+    assert is_input_error(info.value, expected), info.value
 
 
 def test_ldm_multi_gpu_config_on_cpu_with_gloo(datalist32: Path, trained_autoencoder: Path, tmp_path: Path) -> None:

@@ -132,7 +132,7 @@ def test_bad_inputs(trained_autoencoder: Path, trained_ldm: Path, trained_contro
     import torch
 
     state = torch.load(other_ldm / "model.pt", weights_only=True)
-    state["scale_factor"] = state["scale_factor"] * 2
+    state["model"]["scale_factor"] = state["model"]["scale_factor"] * 2
     torch.save(state, other_ldm / "model.pt")
     bad = [a if a != str(trained_ldm / "model.pt") else str(other_ldm / "model.pt") for a in args]
     assert main(["generate", "--out", str(tmp_path / "b"), "--n", "2", *bad]) == 2

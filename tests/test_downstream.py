@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bundle_runner import REPO, is_input_error, run_bundle
 from busmonai.data.mixing import (
@@ -182,7 +184,7 @@ def test_classifier_evaluate_reloads_best_checkpoint(classifier_run: tuple[Path,
     out, _ = classifier_run
     workflow = run_bundle([f"{CLS}/evaluate.json"], datalist=str(data["real"]), output_dir=str(out), **TINY_CLS)
     network = workflow.parser.get_parsed_content("network")
-    saved = torch.load(out / "model.pt", weights_only=True)
+    saved = torch.load(out / "model.pt", weights_only=True)["model"]
     assert saved.keys() == network.state_dict().keys()
     assert all(torch.equal(saved[k], v.cpu()) for k, v in network.state_dict().items())
     result = json.loads((out / "test_metrics.json").read_text())
@@ -233,9 +235,11 @@ def test_classifier_inference_and_torchscript_export(classifier_run: tuple[Path,
                                                      tmp_path: Path) -> None:
     out, _ = classifier_run
     run_bundle([f"{CLS}/inference.json"], datalist=str(data["real"]), output_dir=str(tmp_path / "inf"),
-               classification_ckpt=str(out / "model.pt"), **TINY_CLS)
-    lines = (tmp_path / "inf" / "predictions.csv").read_text().splitlines()
-    assert lines[0] == "image,class,prob_benign,prob_malignant,predicted" and len(lines) > 1
+               ckpt_path=str(out / "model.pt"), image_size=32)
+    rows = [line.split(",") for line in (tmp_path / "inf" / "predictions.csv").read_text().splitlines()]
+    test = [i for i in json.loads(data["real"].read_text())["test"] if i["class"] != "normal"]
+    assert len(rows) == len(test)
+    assert all(abs(float(r[1]) + float(r[2]) - 1.0) < 1e-4 for r in rows)  # softmax over benign, malignant
     _export_and_compare(f"{CLS}/train.json", out / "model.pt", tmp_path / "cls.ts", (2, 1, 32, 32),
                         network_name="test_efficientnet")
 
@@ -248,13 +252,14 @@ def _export_and_compare(config: str, ckpt: Path, target: Path, shape: tuple[int,
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
-        ckpt_export("network_def", filepath=str(target), ckpt_file=str(ckpt), config_file=config, **overrides)
+        ckpt_export("network_def", filepath=str(target), ckpt_file=str(ckpt), config_file=config, key_in_ckpt="model",
+                    **overrides)
         parser = ConfigParser(ConfigParser.load_config_file(config))
         parser.update(overrides)
         eager = parser.get_parsed_content("network_def")
     finally:
         os.chdir(cwd)
-    eager.load_state_dict(torch.load(ckpt, weights_only=True))
+    eager.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
     scripted = torch.jit.load(str(target))
     x = torch.rand(shape)
     with torch.no_grad():
@@ -282,8 +287,8 @@ def test_segmenter_trains_with_mixing_and_augmentation(segmenter_run: tuple[Path
     # augmented masks stay binary and aligned in shape with their images
     dataset = workflow.parser.get_parsed_content("train#dataset")
     sample = dataset[0]
-    assert sample["image"].shape == sample["mask"].shape == (1, 32, 32)
-    assert set(torch.unique(sample["mask"]).tolist()) <= {0.0, 1.0}
+    assert sample["image"].shape == sample["label"].shape == (1, 32, 32)
+    assert set(torch.unique(sample["label"]).tolist()) <= {0.0, 1.0}
 
 
 def test_segmenter_evaluates_internal_and_external_sets(segmenter_run: tuple[Path, Any], data: dict[str, Path],
@@ -291,7 +296,7 @@ def test_segmenter_evaluates_internal_and_external_sets(segmenter_run: tuple[Pat
     out, _ = segmenter_run
     workflow = run_bundle([f"{SEG}/evaluate.json"], datalist=str(data["real"]),
                           external_datalists=[str(data["external"])], output_dir=str(out), **TINY_SEG)
-    saved = torch.load(out / "model.pt", weights_only=True)
+    saved = torch.load(out / "model.pt", weights_only=True)["model"]
     network = workflow.parser.get_parsed_content("network")
     assert all(torch.equal(saved[k], v.cpu()) for k, v in network.state_dict().items())
     result = json.loads((out / "test_metrics.json").read_text())
@@ -306,9 +311,13 @@ def test_segmenter_inference_writes_masks_and_exports(segmenter_run: tuple[Path,
                                                       tmp_path: Path) -> None:
     out, _ = segmenter_run
     run_bundle([f"{SEG}/inference.json"], datalist=str(data["real"]), output_dir=str(tmp_path / "inf"),
-               segmentation_ckpt=str(out / "model.pt"), **TINY_SEG)
-    masks = sorted((tmp_path / "inf" / "masks").glob("*.png"))
-    assert masks and len(masks) == json.loads((tmp_path / "inf" / "predictions.json").read_text())["n"]
+               ckpt_path=str(out / "model.pt"), image_size=32)
+    masks = sorted((tmp_path / "inf").glob("*_mask.png"))
+    test = [i for i in json.loads(data["real"].read_text())["test"] if i["class"] != "normal"]
+    assert len(masks) == len(test)
+    for mask in masks:
+        values = np.asarray(Image.open(mask))
+        assert values.shape == (32, 32) and set(np.unique(values)) <= {0, 255}
     _export_and_compare(f"{SEG}/train.json", out / "model.pt", tmp_path / "seg.ts", (2, 1, 32, 32),
                         network_name="resunet", seg_channels=[4, 8, 8])
 

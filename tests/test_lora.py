@@ -178,13 +178,14 @@ def test_bad_adapters_and_targets_give_clear_errors(tmp_path: Path) -> None:
 def base_ldm(trained_ldm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's tiny LDM with its still-zero output layers (MONAI zero-initialises them; two
     training steps barely move them) filled in, so attention, and thus LoRA, affects the output."""
-    state = torch.load(trained_ldm / "model.pt", weights_only=True)
+    checkpoint = torch.load(trained_ldm / "model.pt", weights_only=True)
+    state = checkpoint["model"]
     g = torch.Generator().manual_seed(0)
     for key, value in state.items():
         if value.is_floating_point() and value.ndim > 0 and value.abs().max() < 1e-3:
             state[key] = 0.1 * torch.randn(value.shape, generator=g)
     out = tmp_path_factory.mktemp("base_ldm")
-    torch.save(state, out / "model.pt")
+    torch.save(checkpoint, out / "model.pt")
     return out
 
 
@@ -242,11 +243,10 @@ def test_inference_with_adapter_is_reproducible(trained_lora: Path, trained_auto
     assert json.loads((tmp_path / "a" / "samples.json").read_text())["prompts"][0].startswith("BUSI: ")
     for a, b in zip(runs["a"], runs["b"]):
         assert a.read_bytes() == b.read_bytes()
-    from busmonai.engines.checkpoints import load_weights
+    from busmonai.networks.described import load_network
 
     adapted = workflow.parser.get_parsed_content("network")
-    base = load_weights(workflow.parser.get_parsed_content("network_def", lazy=False), base_ldm / "model.pt",
-                        "ldm_ckpt").eval()
+    base = load_network(base_ldm / "model.pt", "ldm_ckpt", "ldm").eval()
     prompts = json.loads((tmp_path / "a" / "samples.json").read_text())["prompts"][:2]
     context = workflow.parser.get_parsed_content("text_encoder").encode(prompts)
     x = torch.randn(2, adapted.unet.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))

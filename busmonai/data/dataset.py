@@ -95,14 +95,18 @@ class LoadPNGd(MapTransform):
     Args:
         keys: item keys holding file paths (e.g. ``image``, ``mask``).
         image_size: expected side; another size is an error naming the file and ``image_size``.
-        binary_keys: keys thresholded at one half (masks).
+        binary_keys: keys binarised at half their maximum (masks stored as 0/255 or 0/1).
+        conform: accept images of any size and colour mode (as MONAI Label's datastore holds
+            them): convert to greyscale and resize to ``image_size`` (masks: nearest neighbour)
+            instead of refusing them. Prepared datalists already conform.
     """
 
     def __init__(self, keys: Sequence[Hashable] | Hashable, image_size: int | None = None,
-                 binary_keys: Sequence[Hashable] = ("mask",)) -> None:
+                 binary_keys: Sequence[Hashable] = ("mask",), conform: bool = False) -> None:
         super().__init__(keys)
         self.image_size = image_size
         self.binary_keys = set(binary_keys)
+        self.conform = conform
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         out = dict(data)
@@ -117,17 +121,44 @@ class LoadPNGd(MapTransform):
             image.load()
         except (OSError, ValueError) as err:
             raise BusmonaiInputError(f"{path}: not a readable image ({err}); re-run 'busmonai prepare'") from err
+        if self.conform:
+            image = image.convert("L") if image.mode not in ("L", "1") else image
+            if self.image_size is not None and image.size != (self.image_size, self.image_size):
+                image = image.resize((self.image_size, self.image_size),
+                                     Image.NEAREST if binary else Image.BILINEAR)
         if image.mode not in ("L", "1", "I;16", "I"):
             raise BusmonaiInputError(
                 f"{path}: {len(image.getbands())}-channel image ({image.mode}) but the bundles take single-channel "
                 "images (in_channels 1); prepare the data with 'busmonai prepare', which converts to greyscale"
             )
-        array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        raw = np.asarray(image.convert("L"), dtype=np.float32)
+        array = raw / 255.0
         if self.image_size is not None and array.shape != (self.image_size, self.image_size):
             raise BusmonaiInputError(
                 f"{path}: image is {array.shape[1]}x{array.shape[0]} px but 'image_size' is {self.image_size}; "
                 f"re-run 'busmonai prepare ... --size {self.image_size}' or set --image_size"
             )
         if binary:
-            array = (array >= 0.5).astype(np.float32)
+            peak = float(raw.max())
+            array = (raw >= peak / 2).astype(np.float32) if peak > 0 else np.zeros_like(raw)
         return torch.from_numpy(array)[None]
+
+
+class Greyscaled(MapTransform):
+    """Reduce channel-first images to one channel (the mean of RGB / RGBA's colour channels).
+
+    Ultrasound PNGs are often stored as RGB with equal channels; the bundles' networks take one
+    channel (``in_channels`` 1). One-channel input passes through unchanged.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            image = out[key]
+            if image.shape[0] == 4:  # RGBA: drop alpha
+                image = image[:3]
+            if image.shape[0] > 1:
+                image = image.mean(dim=0, keepdim=True) if isinstance(image, torch.Tensor) else \
+                    np.mean(image, axis=0, keepdims=True)
+            out[key] = image
+        return out

@@ -87,6 +87,21 @@ def class_counts(items: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def mask_as_label(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Segmentation items in MONAI's (and MONAI Label's) form: ``label`` is the mask file.
+
+    The class survives as ``class`` (and the benign / malignant integer as ``tumor_label``).
+    """
+    out = []
+    for item in items:
+        entry = {k: v for k, v in item.items() if k not in ("mask", "label")}
+        entry["label"] = item["mask"]
+        if "label" in item:
+            entry["tumor_label"] = item["label"]
+        out.append(entry)
+    return out
+
+
 def split_counts(items: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
     """``{"real": {class: n}, "synthetic": {class: n}}`` of a (mixed) item list."""
     return {

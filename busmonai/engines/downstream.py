@@ -17,14 +17,11 @@ synthetic items: validation and test are always real.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
@@ -33,14 +30,13 @@ from monai.transforms import Activationsd, AsDiscreted, Compose, CopyItemsd
 from torch import nn
 
 from busmonai.data.dataset import LoadPNGd
-from busmonai.data.imageio import save_png
 from busmonai.data.mixing import class_counts
 from busmonai.engines.handlers import write_json_atomic
 from busmonai.errors import BusmonaiInputError
 
 __all__ = [
-    "TASKS", "assert_real", "classification_preview_rows", "evaluate_sets", "format_results", "image_and_mask",
-    "image_keys", "metrics", "postprocessing", "predict", "prepare_batch", "segmentation_preview_rows",
+    "TASKS", "assert_real", "classification_preview_rows", "evaluate_sets", "format_results", "image_keys",
+    "inference_items", "loaded_keys", "metrics", "postprocessing", "prepare_batch", "segmentation_preview_rows",
 ]
 
 TASKS: tuple[str, ...] = ("classification", "segmentation")
@@ -55,25 +51,24 @@ def _check_task(task: str) -> None:
 
 
 def image_keys(task: str) -> tuple[str, ...]:
-    """Item keys each task loads: ``image`` and ``label`` (classification) or ``mask`` (segmentation)."""
+    """Item keys of each task: ``image`` and ``label``, the class (classification) or the mask file
+    (segmentation, as MONAI Label passes them)."""
     _check_task(task)
-    return ("image", "label") if task == "classification" else ("image", "mask")
+    return ("image", "label")
 
 
-def image_and_mask(batchdata: Mapping[str, torch.Tensor], device: torch.device | str | None = None,
-                   non_blocking: bool = False, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``prepare_batch`` for segmentation: ``(image, mask)``; the evaluator's output names the
-    mask ``label``."""
-    return (batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs),
-            batchdata["mask"].to(device=device, non_blocking=non_blocking, **kwargs))
+def loaded_keys(task: str) -> tuple[str, ...]:
+    """Item keys holding files to load: the image, and for segmentation the mask (``label``)."""
+    _check_task(task)
+    return ("image",) if task == "classification" else ("image", "label")
 
 
 def prepare_batch(task: str) -> Any:
-    """The ``prepare_batch`` of ``task`` for MONAI trainers and evaluators."""
+    """The ``prepare_batch`` of ``task`` for MONAI trainers and evaluators: ``(image, label)``."""
     from monai.engines.utils import default_prepare_batch
 
     _check_task(task)
-    return default_prepare_batch if task == "classification" else image_and_mask
+    return default_prepare_batch
 
 
 def postprocessing(task: str, num_classes: int = 2) -> Compose:
@@ -122,8 +117,9 @@ def assert_real(items: Sequence[Mapping[str, Any]], what: str) -> None:
 
 def _loader(items: Sequence[Mapping[str, Any]], keys: Sequence[str], image_size: int | None, batch_size: int,
             num_workers: int) -> DataLoader:
-    """Batches of ``items`` with the PNG files of ``keys`` loaded (no augmentation)."""
-    dataset = Dataset(list(items), transform=LoadPNGd(keys, image_size=image_size))
+    """Batches of ``items`` with the PNG files of ``keys`` loaded (no augmentation); ``label``
+    files are masks."""
+    dataset = Dataset(list(items), transform=LoadPNGd(keys, image_size=image_size, binary_keys=("label",)))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
@@ -164,7 +160,7 @@ def evaluate_sets(
         BusmonaiInputError: synthetic items in a set, or an empty set.
     """
     results: dict[str, Any] = dict(extra or {})
-    loaded = [k for k in image_keys(task) if k != "label"]
+    loaded = list(loaded_keys(task))
     for name, items in sets.items():
         if not items:
             raise BusmonaiInputError(f"evaluation set {name!r} is empty")
@@ -195,59 +191,34 @@ def format_results(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@torch.no_grad()
-def _forward(network: nn.Module, items: Sequence[Mapping[str, Any]], task: str, device: torch.device | str,
-             image_size: int | None, batch_size: int) -> list[torch.Tensor]:
-    network.eval()
-    outputs: list[torch.Tensor] = []
-    for batch in _loader(items, ["image"], image_size, batch_size, 0):
-        outputs.append(torch.softmax(network(batch["image"].to(device)).float(), dim=1).cpu())
-    return outputs
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def predict(
-    network: nn.Module,
-    items: Sequence[Mapping[str, Any]],
-    task: str,
-    output_dir: str | Path,
-    device: torch.device | str = "cpu",
-    image_size: int | None = None,
-    batch_size: int = 16,
-    class_names: Sequence[str] = ("benign", "malignant"),
-) -> Path:
-    """Predict every item's image and write the results to ``output_dir``.
+def inference_items(input_dir: str | Path | None, datalist: str | Path, split: str = "test",
+                    classes: Sequence[str] = ("benign", "malignant", "normal")) -> list[dict[str, Any]]:
+    """Items ``{"image": path}`` for the inference bundles' ``dataset#data``.
 
-    Classification: ``predictions.csv`` and ``predictions.json`` with one row per image: the
-    image path, its known ``class`` (if any), one probability per class and the predicted class.
-    Segmentation: ``masks/<image name>.png`` (0 / 255 tumor masks) and ``predictions.json`` with
-    the image, mask path and tumor area fraction.
+    Args:
+        input_dir: a folder of images (any size, grey or RGB); when None, the ``split`` of
+            ``datalist`` is used.
+        datalist: a prepared datalist.
+        split: its split.
+        classes: classes of the datalist to keep.
 
-    Returns:
-        The path of ``predictions.json``.
+    Raises:
+        BusmonaiInputError: a missing or empty folder, or a bad datalist.
     """
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    probabilities = torch.cat(_forward(network, items, task, device, image_size, batch_size))
-    rows: list[dict[str, Any]] = []
-    if task == "classification":
-        for item, prob in zip(items, probabilities):
-            row = {"image": item["image"], "class": item.get("class")}
-            row.update({f"prob_{name}": round(float(p), 6) for name, p in zip(class_names, prob)})
-            row["predicted"] = class_names[int(prob.argmax())]
-            rows.append(row)
-        with open(out / "predictions.csv", "w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        for item, prob in zip(items, probabilities):
-            mask = (prob.argmax(dim=0) > 0).numpy()
-            target = out / "masks" / Path(item["image"]).name
-            save_png((mask * 255).astype(np.uint8), target)
-            rows.append({"image": item["image"], "mask": str(target), "area_fraction": round(float(mask.mean()), 6)})
-    path = out / "predictions.json"
-    path.write_text(json.dumps({"task": task, "n": len(rows), "predictions": rows}, indent=1) + "\n")
-    return path
+    from busmonai.data.dataset import datalist_split
+
+    if input_dir is not None:
+        folder = Path(input_dir)
+        if not folder.is_dir():
+            raise BusmonaiInputError(f"{folder}: input_dir not found; pass a folder of images with --input_dir")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise BusmonaiInputError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in input_dir")
+        return [{"image": str(p)} for p in files]
+    return [{"image": item["image"]} for item in datalist_split(datalist, split, classes, keys=("image",))]
 
 
 @torch.no_grad()

@@ -324,7 +324,7 @@ def load_generator(path: str | Path, key: str = "scmg_ckpt", device: torch.devic
         BusmonaiInputError: the file is missing (train ``bundles/scmg`` first) or is not an SCMG
             generator.
     """
-    from busmonai.engines.checkpoints import read_checkpoint
+    from busmonai.checkpoint_io import read_checkpoint
 
     path = Path(path)
     if not path.is_file():

@@ -277,7 +277,7 @@ def load_network(
         return network.eval()
     from monai.bundle import ConfigParser
 
-    from busmonai.engines.checkpoints import load_weights, read_checkpoint
+    from busmonai.checkpoint_io import load_weights, read_checkpoint
 
     config = Path(config)
     if not config.is_file():

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from busmonai.engines.checkpoints import read_checkpoint
+from busmonai.checkpoint_io import read_checkpoint
 from busmonai.errors import BusmonaiInputError
 
 logger = logging.getLogger(__name__)

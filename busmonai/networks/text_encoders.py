@@ -34,7 +34,7 @@ import json
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -504,7 +504,8 @@ class PromptEmbeddingCache:
         return self
 
 
-def build_text_encoder(name: str = "minilm", path: str | Path | None = None, **kwargs: Any) -> TextEncoder:
+def build_text_encoder(name: str = "minilm", path: str | Path | None = None, options: Mapping[str, Any] | None = None,
+                       **kwargs: Any) -> TextEncoder:
     """Build a text encoder by name (the factory the bundle configs call).
 
     Args:
@@ -512,7 +513,9 @@ def build_text_encoder(name: str = "minilm", path: str | Path | None = None, **k
             ``"vocab"`` (learned, takes no ``path``); case-insensitive.
         path: ``"clip"``: the local Stable Diffusion folder; ``"minilm"``: an optional model folder
             replacing the packaged one.
-        **kwargs: passed to the encoder class (e.g. ``max_length``, ``dim``, ``num_layers``).
+        options: passed to the encoder class (e.g. ``max_length``, ``dim``, ``num_layers``); the
+            bundle configs' ``text_encoder_kwargs``.
+        **kwargs: more of the same.
 
     Returns:
         The encoder.
@@ -521,6 +524,7 @@ def build_text_encoder(name: str = "minilm", path: str | Path | None = None, **k
         BusmonaiInputError: an unknown name, a missing or unexpected ``path``, or an encoder that
             does not load.
     """
+    kwargs = {**dict(options or {}), **kwargs}
     key = str(name).strip().lower()
     if key == "minilm":
         return MiniLMTextEncoder(model_dir=path, **kwargs)
