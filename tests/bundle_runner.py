@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +43,31 @@ def is_input_error(error: BaseException | None, text: str) -> bool:
 
     found = find_input_error(error)
     return found is not None and text in str(found)
+
+
+def run_torchrun(configs: Sequence[str], overrides: Mapping[str, Any], cwd: Path) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m monai.bundle run`` (gloo on the CPU) from ``cwd``, which is
+    not the repository: the bundles run from any working directory."""
+    args = []
+    for key, value in overrides.items():
+        args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    files = "[" + ",".join(f"'{REPO / c}'" for c in configs) + "]"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle",
+                           "run", "--config_file", files, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def assert_both_ranks_stepped_rank0_wrote(run: subprocess.CompletedProcess, out: Path, cwd: Path) -> None:
+    """Both processes logged training iterations; only rank 0 wrote checkpoints and one events file."""
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = run.stdout + run.stderr
+    pids = set(re.findall(r"\[rank(\d)\]", log)) or None
+    iterations = re.findall(r"Epoch: \d+/\d+, Iter: \d+/\d+", log)
+    assert iterations and len(iterations) % 2 == 0, log[-2000:]  # each rank logs its own iterations
+    if pids is not None:
+        assert pids == {"0", "1"}
+    events = list(out.glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0, events
+    assert not list(cwd.rglob("events.out.tfevents.*")) or all(out in e.parents for e in cwd.rglob("events.out.tfevents.*"))
+    assert (out / "model.pt").is_file()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle_runner import AE_TRAIN, LDM_TRAIN, REPO, TINY_AUTOENCODER, TINY_UNET, is_input_error, ldm_overrides, run_bundle
+from bundle_runner import (AE_TRAIN, LDM_TRAIN, REPO, TINY_AUTOENCODER, TINY_UNET, assert_both_ranks_stepped_rank0_wrote,
+                           is_input_error, ldm_overrides, run_bundle, run_torchrun)
 from busmonai.errors import BusmonaiInputError
 
 
@@ -146,16 +147,8 @@ def test_ldm_rejects_a_bad_autoencoder_checkpoint(fault: str, datalist32: Path, 
 def test_ldm_multi_gpu_config_on_cpu_with_gloo(datalist32: Path, trained_autoencoder: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     overrides = ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1, batch_size=4)
-    args = []
-    for key, value in overrides.items():
-        args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
-    configs = f"['{LDM_TRAIN}','bundles/ldm/configs/multi_gpu_train.json']"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle",
-                          "run", "--config_file", configs, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert (out / "model.pt").is_file()
+    run = run_torchrun([LDM_TRAIN, "bundles/ldm/configs/multi_gpu_train.json"], overrides, tmp_path)
+    assert_both_ranks_stepped_rank0_wrote(run, out, tmp_path)
 
 
 def test_autoencoder_adversarial_term_switches_on_after_warmup(datalist32: Path, tmp_path: Path) -> None:

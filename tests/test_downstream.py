@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_runner import REPO, is_input_error, run_bundle
+from bundle_runner import REPO, assert_both_ranks_stepped_rank0_wrote, is_input_error, run_bundle, run_torchrun
 from busmonai.data.mixing import (
     class_counts,
     mix_datalists,
@@ -320,6 +320,13 @@ def test_segmenter_inference_writes_masks_and_exports(segmenter_run: tuple[Path,
         assert values.shape == (32, 32) and set(np.unique(values)) <= {0, 255}
     _export_and_compare(f"{SEG}/train.json", out / "model.pt", tmp_path / "seg.ts", (2, 1, 32, 32),
                         network_name="resunet", seg_channels=[4, 8, 8])
+
+
+def test_segmenter_multi_gpu_config_on_cpu_with_gloo(data: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    overrides = {"datalist": str(data["real"]), "output_dir": str(out), "max_epochs": 1, **TINY_SEG, "batch_size": 2}
+    run = run_torchrun([f"{SEG}/train.json", f"{SEG}/multi_gpu_train.json"], overrides, tmp_path)
+    assert_both_ranks_stepped_rank0_wrote(run, out, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["unet", "attention_unet", "unetplusplus", "resunet"])

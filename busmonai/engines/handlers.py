@@ -60,6 +60,25 @@ def write_json_atomic(data: Mapping[str, Any], path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+class NullSummaryWriter:
+    """A TensorBoard ``SummaryWriter`` stand-in that writes nothing: the ``summary_writer`` of the
+    ranks above 0 in multi-GPU runs, so that only rank 0 creates an events file."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def summary_writer(log_dir: str | Path) -> Any:
+    """A ``SummaryWriter`` on ``log_dir`` on rank 0 (or without torch.distributed), else a
+    :class:`NullSummaryWriter`."""
+    import torch.distributed as dist
+    from torch.utils.tensorboard import SummaryWriter
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
+        return NullSummaryWriter()
+    return SummaryWriter(log_dir=str(log_dir))
+
+
 def writes_files(handler: Any) -> bool:
     """True for handlers that write to ``output_dir`` (kept on rank 0 only in multi-GPU runs)."""
     from monai.handlers import CheckpointSaver, TensorBoardHandler
