@@ -116,3 +116,102 @@ def run_bundle_process(configs: Sequence[str | Path], overrides: dict[str, Any])
         raise RuntimeError(f"bundle {files} failed:\n{run.stderr[-3000:]}")
     peaks = [int(line[len(_PEAK_MARK):]) for line in run.stderr.splitlines() if line.startswith(_PEAK_MARK)]
     return {"seconds": round(seconds, 1), "peak_rss_mb": round(peaks[-1] / 1024, 1) if peaks else float("nan")}
+
+
+STAGES: tuple[str, ...] = ("autoencoder", "ldm", "controlnet", "lora", "scmg", "segmentation", "classification")
+TORCHSCRIPT_STAGES: tuple[str, ...] = ("segmentation", "classification")
+_RELEASE_FILES: tuple[str, ...] = ("configs", "docs", "LICENSE")
+
+
+def export_bundle(stage: str, run_dir: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Assemble a release bundle from a training run: the bundle's configs, docs and licence, the
+    run's ``model.pt`` as ``models/model.pt`` and, for the classification and segmentation
+    bundles, ``models/model.ts`` (TorchScript via MONAI's ``ckpt_export``, carrying
+    ``metadata.json`` and ``inference.json`` for MONAI Deploy).
+
+    The exported bundle's ``inference.json`` reads its own weights from
+    ``@bundle_root/models/model.pt``, so the folder runs wherever it is copied.
+
+    Args:
+        stage: one of :data:`STAGES`.
+        run_dir: the stage's ``output_dir`` (holding ``model.pt``).
+        out: the new bundle folder; it must not exist unless ``overwrite``.
+        overwrite: replace an existing folder that holds a bundle (``configs/metadata.json``).
+
+    Returns:
+        ``{"bundle": out, "files": [...]}``.
+
+    Raises:
+        BusmonaiInputError: unknown stage, no ``model.pt`` of that stage in ``run_dir``, or an
+            ``out`` that exists (and is not a bundle, or ``overwrite`` is off).
+    """
+    import json
+    import shutil
+    import warnings
+
+    from busmonai.atomic import atomic_directory
+    from busmonai.networks.described import read_record
+
+    if stage not in STAGES:
+        raise BusmonaiInputError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    out = Path(out)
+    checkpoint = Path(run_dir) / ("adapter.safetensors" if stage == "lora" else "model.pt")
+    if stage == "scmg":
+        from busmonai.checkpoint_io import read_checkpoint
+
+        read_checkpoint(checkpoint, "run")
+    elif stage != "lora":
+        read_record(checkpoint, "run", stage)
+    elif not checkpoint.is_file():
+        raise BusmonaiInputError(f"{checkpoint}: no LoRA adapter in --run; train bundles/lora first")
+    if out.exists():
+        if not overwrite:
+            raise BusmonaiInputError(f"{out}: already exists; choose a new --out or pass --overwrite")
+        if not (out / "configs" / "metadata.json").is_file():
+            raise BusmonaiInputError(f"{out}: exists and is not a bundle folder; refusing to replace it")
+    source = BUNDLES_DIR / stage
+    with atomic_directory(out, replace=overwrite) as tmp:
+        for name in _RELEASE_FILES:
+            target = tmp / name
+            if (source / name).is_dir():
+                shutil.copytree(source / name, target)
+            else:
+                shutil.copy2(source / name, target)
+        models = tmp / "models"
+        models.mkdir()
+        shutil.copy2(checkpoint, models / checkpoint.name)
+        inference = tmp / "configs" / "inference.json"
+        config = json.loads(inference.read_text())
+        own_key = {"lora": "lora_adapter"}.get(stage, f"{stage}_ckpt")
+        if own_key in config:
+            config[own_key] = f"$@bundle_root + '/models/{checkpoint.name}'"
+        size = read_record(checkpoint, "run", stage)[0].get("settings", {}).get("image_size") \
+            if stage not in ("lora", "scmg") else None
+        if size is not None:  # the size the weights were trained at, not the config's default
+            config["image_size"] = size
+            _set_spatial_shape(tmp / "configs" / "metadata.json", int(size))
+        inference.write_text(json.dumps(config, indent=4) + "\n")
+        if stage in TORCHSCRIPT_STAGES:
+            from monai.bundle import ckpt_export
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=FutureWarning)  # TorchScript deprecation
+                ckpt_export("network_def", filepath=str(models / "model.ts"), ckpt_file=str(models / "model.pt"),
+                            meta_file=str(tmp / "configs" / "metadata.json"), config_file=str(inference),
+                            key_in_ckpt="model", bundle_root=str(tmp))
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    return {"bundle": str(out), "files": files}
+
+
+def _set_spatial_shape(metadata: Path, size: int) -> None:
+    """Write the trained image size into the ``image`` input and ``pred`` output of image-sized
+    networks in a bundle's ``metadata.json``."""
+    import json
+
+    meta = json.loads(metadata.read_text())
+    formats = meta.get("network_data_format", {})
+    for group, name in (("inputs", "image"), ("outputs", "pred")):
+        entry = formats.get(group, {}).get(name)
+        if entry and len(entry.get("spatial_shape", [])) == 2 and entry.get("type") == "image":
+            entry["spatial_shape"] = [size, size]
+    metadata.write_text(json.dumps(meta, indent=4) + "\n")

@@ -157,6 +157,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """``busmonai export STAGE --run RUN_DIR --out DIR``."""
+    from busmonai.bundles import export_bundle
+
+    result = export_bundle(args.stage, args.run, args.out, overwrite=args.overwrite)
+    print(f"exported bundle {args.stage} ({len(result['files'])} files, "
+          f"{', '.join(f for f in result['files'] if f.startswith('models/'))}) -> {result['bundle']}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """``busmonai demo [--data DIR] [--out DIR] [--minutes 10]``."""
     from busmonai.demo import run_demo
@@ -229,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", dest="lora_adapter", type=Path, default=None, help="LoRA adapter for the LDM UNet")
     p.add_argument("--set", action="append", metavar="KEY=JSON", help="override a bundle config key (network sizes)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="assemble a release bundle (configs, docs, models/model.pt, model.ts) from a run")
+    p.add_argument("stage", choices=["autoencoder", "ldm", "controlnet", "lora", "scmg", "segmentation",
+                                     "classification"])
+    p.add_argument("--run", type=Path, required=True, help="the stage's training output_dir (runs/STAGE)")
+    p.add_argument("--out", type=Path, required=True, help="the new bundle folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the whole pipeline end to end with a report (phantom data by default)")
     p.add_argument("--data", type=Path, default=None, help="a BUSI folder instead of the embedded phantom")

@@ -82,3 +82,12 @@ def trained_scmg(datalist32: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                max_epochs=2, batch_size=4, **TINY_SCMG)
     return out
 
+
+
+@pytest.fixture(scope="session")
+def trained_segmenter(datalist32: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny segmentation run (``output_dir`` with ``model.pt``) on the 32 px phantom."""
+    out = tmp_path_factory.mktemp("seg") / "segmentation"
+    run_bundle(["bundles/segmentation/configs/train.json"], datalist=str(datalist32), output_dir=str(out),
+               image_size=32, seg_channels=[4, 8, 8], batch_size=4, val_batch_size=4, max_epochs=3)
+    return out

@@ -131,17 +131,19 @@ class ArchitectureRecord:
 
     Args:
         stage: the bundle that wrote the checkpoint (``autoencoder``, ``ldm``, ...).
+        settings: training settings a user of the weights needs (``{"image_size": 64}``).
         **parts: named partials, e.g. ``network=@network_arch``.
     """
 
-    def __init__(self, stage: str, **parts: Any) -> None:
+    def __init__(self, stage: str, settings: Mapping[str, Any] | None = None, **parts: Any) -> None:
         if not parts:
             raise ValueError("an architecture record needs at least one part (network=...)")
         self.stage = stage
+        self.settings = describe(dict(settings or {}))
         self.parts = {name: describe(part) for name, part in parts.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "stage": self.stage, "parts": self.parts}
+        return {"format": FORMAT, "stage": self.stage, "settings": self.settings, "parts": self.parts}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Nothing to restore: the record is fixed by the config that built the network."""
