@@ -157,9 +157,9 @@ def export_bundle(stage: str, run_dir: str | Path, out: str | Path, overwrite: b
     out = Path(out)
     checkpoint = Path(run_dir) / ("adapter.safetensors" if stage == "lora" else "model.pt")
     if stage == "scmg":
-        from busmonai.checkpoint_io import read_checkpoint
+        from busmonai.engines.scmg import load_generator
 
-        read_checkpoint(checkpoint, "run")
+        load_generator(checkpoint, "run")  # refuses another stage's checkpoint
     elif stage != "lora":
         read_record(checkpoint, "run", stage)
     elif not checkpoint.is_file():

@@ -87,7 +87,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     overrides: dict[str, object] = {
         "output_dir": absolute(args.out), "n": args.n, "ratio": args.ratio, "ratio_of": absolute(args.ratio_of),
-        "mask_source": args.mask_source, "mode": args.mode, "guidance": args.guidance, "steps": args.steps,
+        "mask_source": args.mask_source, "mode": args.mode, "guidance": args.guidance,
+        "mask_guidance": args.mask_guidance, "conditioning_scale": args.conditioning_scale, "steps": args.steps,
         "seed": args.seed, "batch_size": args.batch_size, "image_size": args.image_size,
     }
     for key in ("datalist", "autoencoder_ckpt", "ldm_ckpt", "controlnet_ckpt", "scmg_ckpt", "lora_adapter"):
@@ -99,10 +100,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if not sep:
             raise BusmonaiInputError(f"--set {item!r}: expected KEY=VALUE (VALUE as JSON), e.g. --set unet_channels=[32,64,128]")
         overrides[key] = _json_value(value)
-    needed = ("autoencoder_ckpt", "ldm_ckpt") + (("controlnet_ckpt",) if args.mode != "text" else ()) + (
-        ("scmg_ckpt",) if args.mask_source == "scmg" else ())
+    def default(key: str) -> Path:
+        return Path(str(overrides.get(key) or Path.cwd() / "runs" / key.split("_")[0] / "model.pt"))
+
+    mask_input = False
+    if default("ldm_ckpt").is_file():
+        from busmonai.networks.described import part_description
+
+        mask_input = bool(part_description(default("ldm_ckpt"), "ldm_ckpt", "ldm").get("mask_channels", 0))
+    needed = ("autoencoder_ckpt", "ldm_ckpt") + (("controlnet_ckpt",) if args.mode != "text" and not mask_input
+                                                 else ()) + (("scmg_ckpt",) if args.mask_source == "scmg" else ())
     for key in needed:
-        path = Path(str(overrides.get(key) or Path.cwd() / "runs" / key.split("_")[0] / "model.pt"))
+        path = default(key)
         if not path.is_file():
             raise BusmonaiInputError(f"{path}: checkpoint not found for --{key.replace('_', '-')}; train that stage first")
         overrides[key] = str(path.resolve())
@@ -225,7 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-source", choices=("real", "ellipse", "scmg"), default="ellipse")
     p.add_argument("--mode", choices=("full", "text", "mask"), default="full",
                    help="full: text + mask; text: no ControlNet; mask: ControlNet without a prompt")
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance", type=float, default=3.0, help="text guidance weight")
+    p.add_argument("--mask-guidance", type=float, default=None,
+                   help="mask guidance weight against the bare UNet (default: --guidance; 1: guide the text only)")
+    p.add_argument("--conditioning-scale", type=float, default=1.0, help="multiplier of the ControlNet residuals")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)

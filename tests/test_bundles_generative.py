@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from bundle_runner import (AE_TRAIN, LDM_TRAIN, REPO, TINY_AUTOENCODER, TINY_UNET, assert_both_ranks_stepped_rank0_wrote,
+from bundle_runner import (AE_TRAIN, LDM_TRAIN, TINY_AUTOENCODER, TINY_UNET, assert_both_ranks_stepped_rank0_wrote,
                            is_input_error, ldm_overrides, run_bundle, run_torchrun)
 from busmonai.errors import BusmonaiInputError
 
@@ -191,3 +188,31 @@ def test_fresh_start_drops_stale_resume_checkpoints(trained_autoencoder: Path, d
                           val_interval=1, batch_size=4, resume=False, **TINY_AUTOENCODER)
     assert workflow.parser.get_parsed_content("train#trainer").state.epoch == 1
     assert [p.name for p in out.glob("resume_*.pt")] == ["resume_checkpoint_epoch=1.pt"]
+
+
+def test_ldm_with_the_mask_as_input_generates_without_a_controlnet(datalist32: Path, trained_autoencoder: Path,
+                                                                   tmp_path: Path) -> None:
+    """The segmentation-guided baseline: the mask is a UNet input channel from the first step; the
+    checkpoint says so, and generation needs no ControlNet."""
+    from busmonai.cli import main
+    from busmonai.networks.described import load_network
+    from busmonai.synthesis.sampling import ddim_sample, make_ddim
+
+    out = tmp_path / "ldm_mask"
+    run_bundle([LDM_TRAIN, "bundles/ldm/configs/mask_input.json"],
+               **ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1))
+    ldm = load_network(out / "model.pt", "ldm_ckpt", "ldm").eval()
+    assert ldm.mask_channels == 1 and ldm.unet.in_channels == ldm.unet.out_channels + 1
+    torch.nn.init.normal_(ldm.unet.conv_in.conv.weight, std=1.0)  # make the mask channel matter after 2 steps
+    noise = torch.randn(2, ldm.unet.out_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    context = torch.zeros(2, 1, 384)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:20, 8:24] = 1
+    with_mask = ddim_sample(ldm, make_ddim(steps=2), noise, context, guidance=1.0, control=mask)
+    without = ddim_sample(ldm, make_ddim(steps=2), noise, context, guidance=1.0)
+    assert not torch.allclose(with_mask, without, atol=1e-4)
+    args = ["generate", "--out", str(tmp_path / "syn"), "--n", "2", "--steps", "2", "--image-size", "32",
+            "--datalist", str(datalist32), "--autoencoder-ckpt", str(trained_autoencoder / "model.pt"),
+            "--ldm-ckpt", str(out / "model.pt"), "--mask-guidance", "2.0"]
+    assert main(args) == 0
+    assert len(json.loads((tmp_path / "syn" / "datalist.json").read_text())["training"]) == 2

@@ -19,6 +19,7 @@ from PIL import Image
 from scipy import linalg
 
 from busmonai.cli import main
+from busmonai.errors import BusmonaiInputError
 from busmonai.data.phantom import simulate_case
 
 N_IMAGES = 8
@@ -423,3 +424,20 @@ def test_evaluate_curvature_of_a_datalist(tmp_path: Path) -> None:
     assert main(["evaluate", "curvature", str(datalist), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["benign"]["n"] == 2 and result["malignant"]["n"] == 2 and os.path.getsize(out) > 0
+
+
+def test_mask_control_effect_separates_following_from_ignoring_the_mask() -> None:
+    from busmonai.metrics.adherence import mask_control_effect
+
+    masks = np.zeros((4, 16, 16), bool)
+    for k in range(4):
+        masks[k, 2 + 3 * k: 6 + 3 * k, 3:9] = True
+    segmenter = lambda batch: (batch < 0.5).float()  # noqa: E731 - dark pixels are lesion
+    following = np.where(masks, 0.1, 0.9)  # each image shows its own lesion
+    ignoring = np.repeat(np.where(masks[:1], 0.1, 0.9), 4, axis=0)  # one lesion, whatever the mask
+    good = mask_control_effect(following, masks, segmenter)
+    bad = mask_control_effect(ignoring, masks, segmenter)
+    assert good["own"] == 1.0 and good["shuffled"] < 0.5 and good["effect"] > 0.5
+    assert bad["effect"] < 0.1
+    with pytest.raises(BusmonaiInputError, match="shuffled-mask control"):
+        mask_control_effect(following, masks, segmenter, shift=4)

@@ -19,13 +19,67 @@ from monai.networks.schedulers import Scheduler
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from busmonai.networks.latent_diffusion import MASK_FILL
+
 UNCONDITIONAL_FILL = -1.0
 """Context value of a dropped prompt; MONAI's ``DiffusionInferer.sample(cfg_fill_value=-1)``."""
 
 
-def ema_model(network: nn.Module, decay: float = 0.999) -> AveragedModel:
-    """An EMA copy of ``network`` (``torch.optim.swa_utils``), buffers included."""
-    return AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+def warmup_decay(decay: float, updates: int) -> float:
+    """EMA decay after ``updates`` averaging steps: ``min(decay, (1 + n) / (10 + n))``.
+
+    A fixed 0.999 from the first step keeps 14 % of the weight on the initial network after
+    2,000 steps (``0.999 ** 2000``); for a ControlNet that is its zero-initialised output
+    convolutions, i.e. no mask control. The warm-up forgets the start within tens of steps.
+    """
+    n = max(0, int(updates))
+    return min(float(decay), (1.0 + n) / (10.0 + n))
+
+
+def get_warmup_ema_multi_avg_fn(decay: float = 0.999) -> Callable[..., None]:
+    """``multi_avg_fn`` for ``AveragedModel``: EMA with the decay of :func:`warmup_decay`."""
+
+    @torch.no_grad()
+    def ema_update(ema_params: list[torch.Tensor], current_params: list[torch.Tensor],
+                   num_averaged: torch.Tensor | int) -> None:
+        d = warmup_decay(decay, int(num_averaged))
+        if torch.is_floating_point(ema_params[0]) or torch.is_complex(ema_params[0]):
+            torch._foreach_lerp_(ema_params, current_params, 1.0 - d)
+        else:  # integer buffers
+            for p_ema, p_model in zip(ema_params, current_params):
+                p_ema.copy_(p_ema * d + p_model * (1.0 - d))
+
+    return ema_update
+
+
+def ema_model(network: nn.Module, decay: float = 0.999, warmup: bool = True) -> AveragedModel:
+    """An EMA copy of ``network`` (``torch.optim.swa_utils``), buffers included.
+
+    Args:
+        network: the trained module.
+        decay: the EMA decay (reached after the warm-up).
+        warmup: ramp the decay up as :func:`warmup_decay` (False: ``decay`` from the first step).
+    """
+    fn = get_warmup_ema_multi_avg_fn(decay) if warmup else get_ema_multi_avg_fn(decay)
+    return AveragedModel(network, multi_avg_fn=fn, use_buffers=True)
+
+
+def sample_timesteps(n: int, num_train_timesteps: int, power: float = 1.0,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training timesteps ``floor(T (1 - u ** power))`` for ``u ~ U[0, 1)``: uniform for power 1,
+    biased to high noise (where the layout of an image forms) for power > 1."""
+    if power <= 0:
+        raise ValueError(f"timestep_power must be > 0, got {power}")
+    u = torch.rand(n, generator=generator)
+    t = torch.floor(num_train_timesteps * (1.0 - u.pow(power))).long()
+    return t.clamp_(0, num_train_timesteps - 1)
+
+
+def lesion_weights(masks: torch.Tensor, size: Sequence[int], weight: float) -> torch.Tensor:
+    """Per-pixel loss weights ``1 + weight * m`` at latent size, ``m`` the mask's lesion fraction in
+    each latent pixel (area pooling); the lesion covers a median 5 % of a BUSI image."""
+    pooled = torch.nn.functional.adaptive_avg_pool2d(masks.float(), tuple(int(v) for v in size))
+    return 1.0 + float(weight) * pooled
 
 
 def min_snr_weights(scheduler: Scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -70,6 +124,12 @@ class DiffusionTrainer(Trainer):
         grad_clip: max gradient norm; 0 for none.
         seed: seed of the trainer's own generator (noise, timesteps, prompt dropout).
         train_handlers: Ignite handlers to attach.
+        lesion_weight: ``lambda`` of the lesion-weighted loss ``(1 + lambda * mask) * (eps - eps_hat)^2``
+            (needs ``mask`` in the batch; 0: every pixel alike).
+        timestep_power: see :func:`sample_timesteps` (1: uniform timesteps).
+        mask_dropout: for a mask-input network (``mask_channels`` 1): probability of replacing a
+            sample's mask by the "no mask" fill, independently of the prompt dropout, so that mask
+            and text can be guided separately.
         **kwargs: passed to ``monai.engines.Trainer`` (``train_handlers``, ``epoch_length``...).
     """
 
@@ -88,6 +148,9 @@ class DiffusionTrainer(Trainer):
         grad_clip: float = 1.0,
         seed: int = 0,
         train_handlers: Sequence[Any] | None = None,
+        lesion_weight: float = 0.0,
+        timestep_power: float = 1.0,
+        mask_dropout: float = 0.1,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("decollate", False)
@@ -102,6 +165,14 @@ class DiffusionTrainer(Trainer):
         self.ema = ema
         self.grad_clip = float(grad_clip)
         self.generator = torch.Generator().manual_seed(seed)
+        if lesion_weight < 0:
+            raise ValueError(f"lesion_weight must be >= 0, got {lesion_weight}")
+        self.lesion_weight = float(lesion_weight)
+        self.timestep_power = float(timestep_power)
+        if not 0.0 <= mask_dropout <= 1.0:
+            raise ValueError(f"mask_dropout must be in [0, 1], got {mask_dropout}")
+        self.mask_dropout = float(mask_dropout)
+        sample_timesteps(1, 2, self.timestep_power)  # validates the power
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer steps (for gradient clipping)."""
@@ -117,7 +188,17 @@ class DiffusionTrainer(Trainer):
 
     def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                       batch: dict[str, Any]) -> torch.Tensor:
-        """The network's noise prediction."""
+        """The network's noise prediction (with the batch's masks for a mask-input network)."""
+        model = getattr(self.network, "module", self.network)
+        if getattr(model, "mask_channels", 0):
+            if "mask" not in batch:
+                raise ValueError("a mask-input LDM (mask_channels 1) needs 'mask' in the training batches")
+            channel = model.mask_input(batch["mask"].to(noisy.device), noisy)
+            if self.mask_dropout > 0:
+                drop = torch.rand(noisy.shape[0], generator=self.generator) < self.mask_dropout
+                channel = torch.where(drop.to(noisy.device).view(-1, 1, 1, 1), torch.full_like(channel, MASK_FILL),
+                                      channel)
+            return self.network(noisy, timesteps=timesteps, context=context, mask=channel)
         return self.network(noisy, timesteps=timesteps, context=context)
 
     def _iteration(self, engine: DiffusionTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
@@ -127,16 +208,23 @@ class DiffusionTrainer(Trainer):
         model = getattr(engine.network, "module", engine.network)  # unwrap DistributedDataParallel
         latents = batchdata["latent"].to(device) * model.scale_factor
         noise = torch.randn(latents.shape, generator=engine.generator).to(device)
-        timesteps = torch.randint(
-            0, engine.noise_scheduler.num_train_timesteps, (latents.shape[0],), generator=engine.generator
-        ).to(device)
+        timesteps = sample_timesteps(latents.shape[0], engine.noise_scheduler.num_train_timesteps,
+                                     engine.timestep_power, engine.generator).to(device)
         noisy = engine.noise_scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
         context = drop_context(engine.context_fn(list(batchdata["prompt"])).to(device),
                                engine.condition_dropout, engine.generator)
         engine.train_mode()
         engine.optimizer.zero_grad(set_to_none=True)
         prediction = engine.predict_noise(noisy, timesteps, context, batchdata)
-        per_sample = (prediction.float() - noise.float()).pow(2).mean(dim=list(range(1, noise.ndim)))
+        error = (prediction.float() - noise.float()).pow(2)
+        if engine.lesion_weight > 0:
+            if "mask" not in batchdata:
+                raise ValueError("lesion_weight > 0 needs 'mask' in the training batches")
+            weights = lesion_weights(batchdata["mask"].to(device), error.shape[-2:], engine.lesion_weight)
+            per_sample = (error * weights).sum(dim=list(range(1, noise.ndim))) / \
+                (weights.sum(dim=list(range(1, noise.ndim))) * error.shape[1])
+        else:
+            per_sample = error.mean(dim=list(range(1, noise.ndim)))
         loss = (per_sample * min_snr_weights(engine.noise_scheduler, timesteps, engine.min_snr_gamma)).mean()
         loss.backward()
         if engine.grad_clip > 0:

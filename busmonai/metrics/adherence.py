@@ -210,3 +210,33 @@ def datalist_adherence(
     result["images"] = [str(p) for p, k in zip(paths, keep) if k]
     result["skipped_empty"] = int((~keep).sum())
     return result
+
+
+def mask_control_effect(images: np.ndarray, masks: np.ndarray, segmenter: Segmenter, shift: int = 1,
+                        batch_size: int = 16) -> dict[str, float]:
+    """How much of an image's segmentation its conditioning mask explains.
+
+    ``own`` is the mean Dice of each image's segmentation with its own mask; ``shuffled`` the mean
+    Dice with the mask of image ``k + shift`` (the control: a generator that ignores the mask, or
+    that draws one lesion everywhere, scores the same on both); ``effect = own - shuffled``.
+
+    Args:
+        images: ``(N, H, W)`` images (uint8 or [0, 1] float), N >= 2.
+        masks: ``(N, H, W)`` conditioning masks.
+        segmenter: a segmenter trained on real images (see the module docstring).
+        shift: the offset of the control's masks (not a multiple of N).
+        batch_size: images per segmenter call.
+
+    Raises:
+        BusmonaiInputError: fewer than two images, or a shift that maps images to themselves.
+    """
+    images, masks = np.asarray(images), np.asarray(masks) > 0
+    if len(images) < 2 or shift % len(images) == 0:
+        raise BusmonaiInputError(f"the shuffled-mask control needs >= 2 images and a shift that is not a multiple of "
+                                 f"their number, got {len(images)} and {shift}")
+    predicted = segment_batch(images, segmenter, batch_size)
+    other = np.roll(masks, -shift, axis=0)
+    own = np.array([dice(m, p) for m, p in zip(masks, predicted)])
+    shuffled = np.array([dice(m, p) for m, p in zip(other, predicted)])
+    return {"own": float(own.mean()), "shuffled": float(shuffled.mean()), "effect": float(own.mean() - shuffled.mean()),
+            "own_std": float(own.std()), "n": int(len(own))}

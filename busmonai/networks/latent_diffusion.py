@@ -4,6 +4,11 @@ CP (MICCAI 2025) and the SCMG paper (Medical Image Analysis 2025) train a text-c
 latent diffusion UNet on latents scaled by ``1 / std(z)`` (METHOD.md sections 1-2). Keeping the
 scale as a buffer of the module makes ``model.pt`` self-contained: the ControlNet, LoRA and
 synthesis stages read it back from the checkpoint instead of recomputing it.
+
+With ``mask_channels=1`` the UNet also takes the tumor mask, area-pooled to the latent size, as an
+extra input channel from the first step (the segmentation-guided diffusion baseline, and the
+papers' "mask only" row without a ControlNet). A missing mask (classifier-free guidance, the
+prompt-only previews) is the constant :data:`MASK_FILL`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+MASK_FILL = -1.0
+"""Mask-channel value of "no mask given" (a dropped mask in training, the unconditional branch)."""
 
 
 class LatentDiffusionModel(nn.Module):
@@ -25,17 +33,41 @@ class LatentDiffusionModel(nn.Module):
             encoders stay outside (their weights come from their package).
     """
 
-    def __init__(self, unet: nn.Module, scale_factor: float = 1.0, text_encoder: nn.Module | None = None) -> None:
+    def __init__(self, unet: nn.Module, scale_factor: float = 1.0, text_encoder: nn.Module | None = None,
+                 mask_channels: int = 0) -> None:
         super().__init__()
+        if mask_channels not in (0, 1):
+            raise ValueError(f"mask_channels must be 0 or 1, got {mask_channels}")
         self.unet = unet
         self.text_encoder = text_encoder
+        self.mask_channels = int(mask_channels)
         self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
 
     def set_scale_factor(self, value: float) -> None:
         """Store the latent scale measured on the training latents."""
         self.scale_factor.fill_(float(value))
 
+    def mask_input(self, mask: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor:
+        """The mask channel for ``latents``: ``mask`` (B, 1, H, W) in [0, 1] area-pooled to the latent
+        size, or :data:`MASK_FILL` where ``mask`` is None."""
+        if mask is None:
+            return torch.full((latents.shape[0], 1, *latents.shape[2:]), MASK_FILL, dtype=latents.dtype,
+                              device=latents.device)
+        return torch.nn.functional.adaptive_avg_pool2d(mask.to(latents), tuple(latents.shape[2:]))
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
-                **kwargs: Any) -> torch.Tensor:
-        """Predict the noise of ``x`` at ``timesteps`` (extra kwargs: ControlNet residuals)."""
+                mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """Predict the noise of ``x`` at ``timesteps``.
+
+        Args:
+            x: noisy latents.
+            timesteps: (B,) timesteps.
+            context: (B, L, D) text context.
+            mask: (B, 1, H, W) tumor masks for a mask-input model (None: no mask); a mask already at
+                the latent size with the fill for dropped samples is used as it is.
+            **kwargs: ControlNet residuals.
+        """
+        if self.mask_channels:
+            channel = mask if mask is not None and mask.shape[-2:] == x.shape[-2:] else self.mask_input(mask, x)
+            x = torch.cat([x, channel.to(x)], dim=1)
         return self.unet(x, timesteps=timesteps, context=context, **kwargs)

@@ -61,6 +61,8 @@ class GenerationSettings:
     mask_source: str = "ellipse"
     mode: str = "full"
     guidance: float = 3.0
+    mask_guidance: float | None = None
+    conditioning_scale: float = 1.0
     steps: int = 50
     seed: int = 0
     batch_size: int = 16
@@ -82,6 +84,10 @@ class GenerationSettings:
             raise BusmonaiInputError(f"unknown --mask-source {self.mask_source!r}; use one of {', '.join(MASK_SOURCES)}")
         if self.mask_source == "real" and not self.datalist:
             raise BusmonaiInputError("--mask-source real needs a datalist (--datalist or --ratio-of) to draw masks from")
+        for name, value in (("--guidance", self.guidance), ("--mask-guidance", self.mask_guidance),
+                            ("--conditioning-scale", self.conditioning_scale)):
+            if value is not None and not math.isfinite(float(value)):
+                raise BusmonaiInputError(f"{name} {value}: give a finite number (e.g. 3.0 for guidance, 1.0 for the scale)")
         if self.steps < 1 or self.batch_size < 1:
             raise BusmonaiInputError("--steps and --batch-size must be at least 1")
 
@@ -258,18 +264,20 @@ def _generate_batch(models: GenerationModels, settings: GenerationSettings, entr
     noise = seeded_noise(latent_shape, [e["seed"] for e in entries], device)
     encoder = getattr(models.ldm, "text_encoder", None) or models.text_encoder
     context = encoder.encode([e["prompt"] for e in entries]).to(device)  # type: ignore[union-attr]
-    guidance = settings.guidance
+    guidance, mask_guidance = settings.guidance, settings.mask_guidance
     if settings.mode == "mask":  # the prompt-free context the model learned through prompt dropout
         context = torch.full_like(context, UNCONDITIONAL_FILL)
-        guidance = 1.0
+        guidance = 1.0  # no text contrast; the mask keeps its own weight
+        mask_guidance = settings.guidance if mask_guidance is None else mask_guidance
     control = None
     controlnet = None
-    if settings.mode != "text":
+    if settings.mode != "text":  # a ControlNet, or an LDM that takes the mask as an input channel
         controlnet = models.controlnet
         control = torch.from_numpy(np.stack(masks).astype(np.float32) / 255.0)[:, None].to(device)
     scheduler = make_ddim(models.noise_scheduler, steps=settings.steps)
     latents = ddim_sample(models.ldm, scheduler, noise, context, guidance=guidance, controlnet=controlnet,
-                          control=control)
+                          control=control, conditioning_scale=settings.conditioning_scale,
+                          mask_guidance=mask_guidance if control is not None else None)
     return decode(models.autoencoder, latents, models.ldm.scale_factor)
 
 
@@ -310,8 +318,9 @@ def generate_dataset(out: str | Path, settings: GenerationSettings, models: Gene
     """
     out = Path(out)
     settings.validate()
-    if settings.mode != "text" and models.controlnet is None:
-        raise BusmonaiInputError(f"--mode {settings.mode} needs a ControlNet checkpoint (--controlnet-ckpt)")
+    if settings.mode != "text" and models.controlnet is None and not getattr(models.ldm, "mask_channels", 0):
+        raise BusmonaiInputError(f"--mode {settings.mode} needs a ControlNet checkpoint (--controlnet-ckpt) "
+                                 "or an LDM trained with the mask as input (bundles/ldm/configs/mask_input.json)")
     resuming = _check_output(out, settings)
     if resuming and (out / PLAN_NAME).is_file():
         entries = json.loads((out / PLAN_NAME).read_text())["entries"]

@@ -5,12 +5,15 @@ One loop serves the text-only LDM, the ControlNet (text + mask) and the mask-onl
 branch's context is filled with -1 and ``eps = eps_u + w (eps_c - eps_u)``. The ControlNet takes
 the mask at image size through its own conditioning embedding (DESIGN.md: MONAI's
 ``ControlNetLatentDiffusionInferer`` resizes the mask to the latent size first, which breaks a
-multi-stage conditioning embedding); both guidance branches see the mask.
+multi-stage conditioning embedding). With a ControlNet the unconditional branch is the bare
+UNet, and mask and text have separate guidance weights (:func:`ddim_sample`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.networks.schedulers import DDIMScheduler
@@ -37,6 +40,19 @@ def make_ddim(train_scheduler: nn.Module | None = None, num_train_timesteps: int
     return scheduler
 
 
+def _residuals(controlnet: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, control: torch.Tensor,
+               context: torch.Tensor | None, scale: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    down, mid = controlnet(x=x, timesteps=timesteps, controlnet_cond=control, conditioning_scale=scale,
+                           context=context)
+    return list(down), mid
+
+
+def _with_zero_residuals(down: list[torch.Tensor], mid: torch.Tensor, zero_rows: int) -> dict[str, Any]:
+    """Residuals for a batch whose first ``zero_rows`` samples are the bare UNet (no mask)."""
+    pad = lambda r: torch.cat([torch.zeros_like(r[:1]).expand(zero_rows, *r.shape[1:]), r])  # noqa: E731
+    return {"down_block_additional_residuals": [pad(r) for r in down], "mid_block_additional_residual": pad(mid)}
+
+
 @torch.no_grad()
 def ddim_sample(
     ldm: nn.Module,
@@ -47,44 +63,91 @@ def ddim_sample(
     controlnet: nn.Module | None = None,
     control: torch.Tensor | None = None,
     conditioning_scale: float = 1.0,
+    mask_guidance: float | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Denoise ``noise`` (B, C, h, w) into scaled latents.
+
+    Text only: ``eps = eps(0) + w (eps(c) - eps(0))``, ``0`` the prompt-free context (-1 fill).
+    With a ControlNet the unconditional branch is the bare UNet (no mask, no prompt) and mask and
+    text get their own weights, as InstructPix2Pix guides image and text:
+
+    ``eps = eps(0, 0) + w_m (eps(m, 0) - eps(0, 0)) + w_t (eps(m, c) - eps(m, 0))``
+
+    With ``w_m == w_t == w`` this is ordinary guidance towards ``eps(m, c)`` (two passes); with
+    both 1 it is ``eps(m, c)`` alone (one pass). A mask-input LDM (``mask_channels`` 1) is guided
+    the same way with ``control`` and no ControlNet: its "no mask" is the fill channel.
 
     Args:
         ldm: a :class:`busmonai.networks.latent_diffusion.LatentDiffusionModel`.
         scheduler: DDIM scheduler with its timesteps set.
         noise: the initial latents (draw them from a seeded generator for reproducibility).
         context: (B, L, D) text embeddings, or None.
-        guidance: classifier-free guidance scale; 1 (or no context) disables the unconditional pass.
+        guidance: text guidance weight ``w_t``; 1 (or no context) disables the text contrast.
         controlnet: a MONAI ``ControlNet`` or None.
-        control: (B, 1, H, W) masks for the ControlNet, at image size.
+        control: (B, 1, H, W) masks at image size, for the ControlNet or a mask-input LDM.
         conditioning_scale: multiplier of the ControlNet residuals.
+        mask_guidance: mask guidance weight ``w_m`` (None: the same as ``guidance``).
         progress: show a progress bar over the steps.
 
     Returns:
         Latents in the diffusion model's scale (divide by ``ldm.scale_factor`` to decode).
     """
-    guided = context is not None and guidance != 1.0
-    if guided:
-        context_in = torch.cat([torch.full_like(context, UNCONDITIONAL_FILL), context])
-        control_in = torch.cat([control, control]) if control is not None else None
+    w_t = float(guidance)
+    w_m = w_t if mask_guidance is None else float(mask_guidance)
+    for name, value in (("guidance", w_t), ("mask_guidance", w_m), ("conditioning_scale", conditioning_scale)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+    if controlnet is not None and control is None:
+        raise ValueError("a ControlNet needs its masks (control)")
+    mask_input = bool(getattr(ldm, "mask_channels", 0)) and control is not None and controlnet is None
+    uncond = torch.full_like(context, UNCONDITIONAL_FILL) if context is not None else None
+    if mask_input:
+        m_fill, m_real = ldm.mask_input(None, noise), ldm.mask_input(control.to(noise), noise)
+        branches = 1 if context is None or (w_t == 1.0 and w_m == 1.0) else (2 if w_m == w_t else 3)
+    elif controlnet is None:
+        branches = 2 if (context is not None and w_t != 1.0) else 1
+    elif context is None or (w_t == 1.0 and w_m == 1.0):
+        branches = 1
     else:
-        context_in, control_in = context, control
+        branches = 2 if w_m == w_t else 3
     latents = noise
     for t in tqdm(scheduler.timesteps, desc="DDIM", disable=not progress, leave=False):
-        model_in = torch.cat([latents, latents]) if guided else latents
-        timesteps = torch.full((model_in.shape[0],), int(t), device=noise.device, dtype=torch.long)
-        extra = {}
-        if controlnet is not None:
-            down, mid = controlnet(x=model_in, timesteps=timesteps, controlnet_cond=control_in,
-                                   conditioning_scale=conditioning_scale, context=context_in)
-            extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        eps = ldm(model_in, timesteps=timesteps, context=context_in, **extra)
-        if guided:
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-        latents, _ = scheduler.step(eps, int(t), latents)
+        x = torch.cat([latents] * branches)
+        timesteps = torch.full((x.shape[0],), int(t), device=noise.device, dtype=torch.long)
+        if mask_input:  # the mask is an input channel of the UNet itself
+            if branches == 1:
+                eps_out = ldm(x, timesteps=timesteps, context=context, mask=m_real)
+            elif branches == 2:
+                e_none, e_full = ldm(x, timesteps=timesteps, context=torch.cat([uncond, context]),
+                                     mask=torch.cat([m_fill, m_real])).chunk(2)
+                eps_out = e_none + w_t * (e_full - e_none)
+            else:
+                e_none, e_mask, e_full = ldm(x, timesteps=timesteps, context=torch.cat([uncond, uncond, context]),
+                                             mask=torch.cat([m_fill, m_real, m_real])).chunk(3)
+                eps_out = e_none + w_m * (e_mask - e_none) + w_t * (e_full - e_mask)
+        elif controlnet is None:
+            ctx = torch.cat([uncond, context]) if branches == 2 else context
+            eps = ldm(x, timesteps=timesteps, context=ctx).chunk(branches)
+            eps_out = eps[0] + w_t * (eps[1] - eps[0]) if branches == 2 else eps[0]
+        elif branches == 1:
+            down, mid = _residuals(controlnet, x, timesteps, control, context, conditioning_scale)
+            eps_out = ldm(x, timesteps=timesteps, context=context, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid)
+        elif branches == 2:  # bare UNet (no mask, no prompt) and mask + prompt
+            down, mid = _residuals(controlnet, latents, timesteps[: len(latents)], control, context,
+                                   conditioning_scale)
+            e_none, e_full = ldm(x, timesteps=timesteps, context=torch.cat([uncond, context]),
+                                 **_with_zero_residuals(down, mid, len(latents))).chunk(2)
+            eps_out = e_none + w_t * (e_full - e_none)
+        else:  # bare UNet, mask without prompt, mask + prompt
+            n = len(latents)
+            down, mid = _residuals(controlnet, torch.cat([latents, latents]), timesteps[: 2 * n],
+                                   torch.cat([control, control]), torch.cat([uncond, context]), conditioning_scale)
+            e_none, e_mask, e_full = ldm(x, timesteps=timesteps, context=torch.cat([uncond, uncond, context]),
+                                         **_with_zero_residuals(down, mid, n)).chunk(3)
+            eps_out = e_none + w_m * (e_mask - e_none) + w_t * (e_full - e_mask)
+        latents, _ = scheduler.step(eps_out, int(t), latents)
     return latents
 
 
@@ -120,7 +183,8 @@ def sample_images(ldm: nn.Module, autoencoder: nn.Module, text_encoder: nn.Modul
                   latent_shape: Sequence[int], seeds: Sequence[int], steps: int = 50, guidance: float = 3.0,
                   noise_scheduler: nn.Module | None = None, controlnet: nn.Module | None = None,
                   masks: torch.Tensor | None = None, device: torch.device | str = "cpu",
-                  progress: bool = False) -> torch.Tensor:
+                  progress: bool = False, conditioning_scale: float = 1.0,
+                  mask_guidance: float | None = None) -> torch.Tensor:
     """Sample one image per prompt (B = len(prompts)) in [0, 1], shape (B, 1, H, W).
 
     Args:
@@ -136,6 +200,8 @@ def sample_images(ldm: nn.Module, autoencoder: nn.Module, text_encoder: nn.Modul
         controlnet: a ControlNet, with ``masks`` (B, 1, H, W), or None for text only.
         device: where to sample.
         progress: progress bar over the DDIM steps.
+        conditioning_scale: multiplier of the ControlNet residuals.
+        mask_guidance: mask guidance weight (see :func:`ddim_sample`).
     """
     if len(seeds) != len(prompts):
         raise ValueError(f"need one seed per prompt, got {len(seeds)} seeds for {len(prompts)} prompts")
@@ -147,7 +213,8 @@ def sample_images(ldm: nn.Module, autoencoder: nn.Module, text_encoder: nn.Modul
     if controlnet is not None:
         controlnet.eval()
     latents = ddim_sample(ldm, scheduler, noise, context, guidance=guidance, controlnet=controlnet,
-                          control=masks.to(device) if masks is not None else None, progress=progress)
+                          control=masks.to(device) if masks is not None else None, progress=progress,
+                          conditioning_scale=conditioning_scale, mask_guidance=mask_guidance)
     return decode(autoencoder, latents, ldm.scale_factor)
 
 

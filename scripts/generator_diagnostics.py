@@ -1,0 +1,177 @@
+"""How much does the mask steer the generator? Adherence per checkpoint and sampling setting.
+
+For the held-out tumor masks of a real datalist, generate one image per mask (with that image's
+own prompt and a fixed seed) for every combination of
+
+- checkpoint: the EMA weights (``model.pt``) and the raw weights (``model_raw.pt``) of the stage
+  that reads the mask (the ControlNet, or a mask-input LDM),
+- ControlNet conditioning scale (a mask-input LDM has none),
+- mask guidance weight (text guidance fixed),
+
+segment every image with a segmenter trained on **real images only** (never one a loss used) and
+print the Dice with the image's own mask, the Dice with another image's mask (the shuffled-mask
+control: the mask's real effect is own minus control), and KID against the real held-out images
+for the best setting. Text-only generation is the floor: its own-mask Dice is what any lesion
+prior scores without looking at the mask.
+
+Usage::
+
+    python scripts/generator_diagnostics.py --datalist data/busi64/datalist.json --run runs/chain \
+        --segmenter runs/seg_real/model.pt --json diagnostics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def load_models(run: Path, device: str) -> dict[str, Any]:
+    """The chain's networks from ``run/<stage>/model*.pt`` (self-describing checkpoints)."""
+    from busmonai.networks.described import build_part, load_network
+
+    ae = load_network(run / "autoencoder" / "model.pt", "autoencoder_ckpt", "autoencoder").to(device).eval()
+    ldm_path = run / "ldm" / "model.pt"
+    ldms = {"ema": load_network(ldm_path, "ldm_ckpt", "ldm").to(device).eval()}
+    if (run / "ldm" / "model_raw.pt").is_file():
+        ldms["raw"] = load_network(run / "ldm" / "model_raw.pt", "ldm_ckpt", "ldm").to(device).eval()
+    text = ldms["ema"].text_encoder or build_part(ldm_path, "ldm_ckpt", "ldm", "text_encoder").to(device)
+    controlnets = {}
+    for name, file in (("ema", "model.pt"), ("raw", "model_raw.pt")):
+        path = run / "controlnet" / file
+        if path.is_file():
+            controlnets[name] = load_network(path, "controlnet_ckpt", "controlnet").to(device).eval()
+    scheduler = build_part(ldm_path, "ldm_ckpt", "ldm", "noise_scheduler")
+    return {"autoencoder": ae, "ldms": ldms, "text_encoder": text, "controlnets": controlnets,
+            "scheduler": scheduler, "mask_input": bool(ldms["ema"].mask_channels)}
+
+
+def test_items(datalist: Path, split: str, image_size: int, limit: int | None) -> dict[str, Any]:
+    """Real held-out tumor images, their masks and prompts."""
+    from busmonai.data.dataset import LoadPNGd, datalist_split
+
+    items = datalist_split(datalist, split, ("benign", "malignant"), image_size,
+                           keys=("image", "mask", "prompt", "class"))[:limit]
+    load = LoadPNGd(keys=("image", "mask"), image_size=image_size)
+    loaded = [load(dict(item)) for item in items]
+    return {"images": torch.stack([x["image"] for x in loaded]), "masks": torch.stack([x["mask"] for x in loaded]),
+            "prompts": [i["prompt"] for i in items], "classes": [i["class"] for i in items]}
+
+
+@torch.no_grad()
+def generate(models: dict[str, Any], ldm: torch.nn.Module, controlnet: torch.nn.Module | None, data: dict[str, Any],
+             steps: int, guidance: float, mask_guidance: float | None, scale: float, use_mask: bool,
+             batch_size: int, device: str, seed: int = 0) -> torch.Tensor:
+    """One image per test mask, in [0, 1], (N, 1, H, W)."""
+    from busmonai.synthesis.sampling import ddim_sample, decode, encode_context, make_ddim, seeded_noise
+
+    shape = models["autoencoder"].encode(data["masks"][:1].to(device))[0].shape[1:]
+    out = []
+    for start in range(0, len(data["prompts"]), batch_size):
+        prompts = data["prompts"][start:start + batch_size]
+        masks = data["masks"][start:start + batch_size].to(device)
+        noise = seeded_noise(shape, [seed + start + k for k in range(len(prompts))], device)
+        context = encode_context(ldm, models["text_encoder"], prompts, device)
+        latents = ddim_sample(ldm, make_ddim(models["scheduler"], steps=steps), noise, context, guidance=guidance,
+                              controlnet=controlnet if use_mask else None, control=masks if use_mask else None,
+                              conditioning_scale=scale, mask_guidance=mask_guidance if use_mask else None)
+        out.append(decode(models["autoencoder"], latents, ldm.scale_factor).cpu())
+    return torch.cat(out)
+
+
+def score(images: torch.Tensor, masks: torch.Tensor, segmenter: Any) -> dict[str, float]:
+    """Own-mask Dice, shuffled-mask Dice (image k against mask k+1) and their difference."""
+    from busmonai.metrics.adherence import mask_control_effect
+
+    return mask_control_effect(images[:, 0].numpy(), masks[:, 0].numpy() > 0.5, segmenter)
+
+
+def kid(real: torch.Tensor, fake: torch.Tensor) -> float:
+    from busmonai.metrics.fid import kid_from_features
+    from busmonai.metrics.inception import inception_features
+
+    f_real = inception_features(real[:, 0].numpy() * 255.0)
+    f_fake = inception_features(fake[:, 0].numpy() * 255.0)
+    return float(kid_from_features(f_real, f_fake)[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datalist", type=Path, required=True, help="real datalist (its held-out split is used)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--run", type=Path, required=True, help="folder with autoencoder/, ldm/ and controlnet/ runs")
+    parser.add_argument("--segmenter", type=Path, required=True, help="segmentation model.pt trained on real images")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--limit", type=int, default=None, help="at most this many test masks")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=3.0, help="text guidance (fixed)")
+    parser.add_argument("--mask-guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0])
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    device = "cpu"
+    from busmonai.metrics.sources import probability_fn
+    from busmonai.networks.described import load_network
+
+    segmenter = probability_fn(load_network(args.segmenter, "segmenter", "segmentation").eval(), "softmax")
+    models = load_models(args.run, device)
+    data = test_items(args.datalist, args.split, args.image_size, args.limit)
+    real_score = score(data["images"], data["masks"], segmenter)
+    rows: list[dict[str, Any]] = [{"checkpoint": "real test images", **real_score, "kid": None}]
+    stage = models["ldms"] if models["mask_input"] else models["controlnets"]
+    scales = [1.0] if models["mask_input"] else args.scales
+    best: tuple[float, torch.Tensor | None, dict[str, Any] | None] = (-1.0, None, None)
+    start = time.perf_counter()
+    text_images = generate(models, models["ldms"]["ema"], None, data, args.steps, args.guidance, None, 1.0, False,
+                           args.batch_size, device)
+    rows.append({"checkpoint": "ema", "mode": "text only", **score(text_images, data["masks"], segmenter),
+                 "kid": kid(data["images"], text_images)})
+    for name, module in stage.items():
+        ldm = module if models["mask_input"] else models["ldms"]["ema"]
+        controlnet = None if models["mask_input"] else module
+        for scale in scales:
+            for weight in args.mask_guidance:
+                images = generate(models, ldm, controlnet, data, args.steps, args.guidance, weight, scale, True,
+                                  args.batch_size, device)
+                row = {"checkpoint": name, "mode": "full", "conditioning_scale": scale, "mask_guidance": weight,
+                       **score(images, data["masks"], segmenter), "kid": None}
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "per_image"}), flush=True)
+                if row["effect"] > best[0]:
+                    best = (row["effect"], images, row)
+        # mask only (no prompt), at the default settings
+        images = generate(models, ldm, controlnet, {**data, "prompts": [""] * len(data["prompts"])}, args.steps, 1.0,
+                          args.guidance, 1.0, True, args.batch_size, device)
+        rows.append({"checkpoint": name, "mode": "mask only", "conditioning_scale": 1.0,
+                     "mask_guidance": args.guidance, **score(images, data["masks"], segmenter), "kid": None})
+    if best[2] is not None:
+        best[2]["kid"] = kid(data["images"], best[1])
+    seconds = time.perf_counter() - start
+    print(f"\n{len(data['prompts'])} held-out tumor masks, {args.steps} DDIM steps, text guidance {args.guidance}, "
+          f"segmenter {args.segmenter} (trained on real images), {seconds:.0f} s")
+    print("\n| checkpoint | mode | scale | mask guidance | own-mask Dice | shuffled-mask Dice | effect | KID |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        kid_text = f"{r['kid']:.4f}" if r.get("kid") is not None else ""
+        print(f"| {r['checkpoint']} | {r.get('mode', '')} | {r.get('conditioning_scale', '')} | "
+              f"{r.get('mask_guidance', '')} | {r['own']:.3f} | {r['shuffled']:.3f} | {r['effect']:+.3f} | {kid_text} |")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "seconds": seconds, "n": len(data["prompts"]),
+                                         "settings": vars(args) | {"datalist": str(args.datalist),
+                                                                   "run": str(args.run),
+                                                                   "segmenter": str(args.segmenter),
+                                                                   "json": str(args.json)}},
+                                        indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
