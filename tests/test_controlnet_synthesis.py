@@ -169,3 +169,32 @@ def test_generate_with_scmg_masks(trained_autoencoder: Path, trained_ldm: Path, 
     assert [i["source"] for i in items] == ["scmg", "scmg"]
     for item in items:
         assert set(np.unique(np.asarray(Image.open(out / item["mask"])))) <= {0, 255}
+
+
+def test_generator_diagnostics_script(trained_controlnet: Path, trained_autoencoder: Path, trained_ldm: Path,
+                                      trained_segmenter: Path, datalist32: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``scripts/generator_diagnostics.py``: one row per checkpoint x scale x mask guidance, text-only
+    and mask-only rows, the shuffled-mask control and KID of the best setting."""
+    import importlib.util
+
+    from bundle_runner import REPO
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, folder in (("autoencoder", trained_autoencoder), ("ldm", trained_ldm), ("controlnet", trained_controlnet)):
+        (run / name).symlink_to(folder)
+    spec = importlib.util.spec_from_file_location("generator_diagnostics", REPO / "scripts" / "generator_diagnostics.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # type: ignore[union-attr]
+    out = tmp_path / "diag.json"
+    assert script.main(["--datalist", str(datalist32), "--split", "test", "--run", str(run), "--segmenter",
+                        str(trained_segmenter / "model.pt"), "--image-size", "32", "--steps", "2",
+                        "--mask-guidance", "1", "3", "--scales", "1", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    full = [r for r in rows if r.get("mode") == "full"]
+    assert len(full) == 2 * 2 * 2  # ema/raw x scales x mask guidance
+    assert {r["mode"] for r in rows if "mode" in r} == {"text only", "full", "mask only"}
+    assert all(abs(r["effect"] - (r["own"] - r["shuffled"])) < 1e-9 for r in rows)
+    assert sum(r["kid"] is not None for r in full) == 1
+    assert "| ema | full | 2.0 | 3.0 |" in capsys.readouterr().out
