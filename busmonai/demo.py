@@ -96,10 +96,9 @@ def _generate(out: Path, datalist: Path, n: int) -> dict[str, Any]:
 
 
 def _network(stage: str, out: Path) -> Any:
-    from busmonai.bundles import bundle_config
     from busmonai.metrics import sources
 
-    network = sources.load_network(out / "runs" / stage / "model.pt", bundle_config(stage, "train.json"), stage)
+    network = sources.load_network(out / "runs" / stage / "model.pt", None, stage)  # self-describing
     return sources.probability_fn(network, "auto")
 
 

@@ -25,3 +25,20 @@ def test_metrics_writer_keeps_numpy_scalar_metrics(tmp_path: Path) -> None:
     assert metrics["validation"] == {"val_auc": 0.75, "val_f1": 0.5}
     assert metrics["iterations"] == 4 and metrics["epochs"] == 2 and metrics["loss"] == 0.25
     assert metrics["best_metric"] == 0.8 and metrics["best_metric_epoch"] == 2 and metrics["task"] == "classification"
+
+
+def test_preview_grid_by_iterations() -> None:
+    """Previews every N iterations, whatever the epoch length, plus one at the end."""
+    import pytest
+
+    from busmonai.engines.handlers import PreviewGrid
+
+    calls: list[int] = []
+    grid = PreviewGrid(lambda engine: calls.append(engine.state.iteration) or [torch.zeros(1, 1, 4, 4)],
+                       path=Path.cwd() / "grid.png", interval=3, every="iteration")
+    engine = Engine(lambda e, b: None)
+    grid.attach(engine)
+    engine.run(range(2), max_epochs=4)  # 8 iterations, 2 per epoch
+    assert calls == [3, 6, 8]
+    with pytest.raises(ValueError, match="every"):
+        PreviewGrid(lambda engine: [], path="x.png", every="minute")

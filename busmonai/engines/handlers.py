@@ -165,13 +165,20 @@ class PreviewGrid:
         make_rows: ``make_rows(engine) -> list of (N, 1, H, W) tensors in [0, 1]``, one per grid row
             (e.g. inputs then reconstructions, or samples per prompt).
         path: the PNG to (re)write.
-        interval: epochs between previews; the grid is always written when training completes.
+        interval: epochs (or iterations, see ``every``) between previews; the grid is always
+            written when training completes.
         summary_writer: a TensorBoard ``SummaryWriter`` shared with the stats handlers, or None.
         tag: TensorBoard image tag.
+        every: ``"epoch"`` or ``"iteration"``: the unit of ``interval``. Iterations keep the cost
+            of previews independent of the dataset size (with 60 images an epoch is one or two
+            iterations).
     """
 
     def __init__(self, make_rows: Callable[[Engine], Sequence[torch.Tensor]], path: str | Path,
-                 interval: int = 10, summary_writer: Any = None, tag: str = "preview") -> None:
+                 interval: int = 10, summary_writer: Any = None, tag: str = "preview", every: str = "epoch") -> None:
+        if every not in ("epoch", "iteration"):
+            raise ValueError(f"every must be 'epoch' or 'iteration', got {every!r}")
+        self.every = every
         self.make_rows = make_rows
         self.path = Path(path)
         self.interval = max(1, int(interval))
@@ -179,8 +186,9 @@ class PreviewGrid:
         self.tag = tag
 
     def attach(self, engine: Engine) -> None:
-        """Run every ``interval`` epochs and at completion."""
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        """Run every ``interval`` epochs / iterations and at completion."""
+        event = Events.EPOCH_COMPLETED if self.every == "epoch" else Events.ITERATION_COMPLETED
+        engine.add_event_handler(event(every=self.interval), self)
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,15 +242,28 @@ def load_mask_array(path: Path | str, shape: tuple[int, int] | None = None) -> n
     return binary
 
 
+def _is_self_describing(path: Path) -> bool:
+    """True for a ``torch.save``d dict with an architecture record (not TorchScript, not a bare state dict)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:  # TorchScript archives hold code/; checkpoints do not
+            if any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist()):
+                return False
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - other files are not checkpoints
+        return False
+    return isinstance(data, dict) and isinstance(data.get("arch"), dict)
+
+
 def load_network(
     checkpoint: Path | str, config: Path | str | None = None, key: str = "classifier"
 ) -> torch.nn.Module:
     """Load a downstream network for evaluation, in eval mode on the CPU.
 
     Args:
-        checkpoint: a TorchScript file (the bundles' ``ckpt_export`` output), or, with
-            ``config``, a ``torch.save``d state dict (optionally under a ``model`` entry, as the
-            bundles' ``CheckpointSaver`` writes it).
+        checkpoint: a bundle's self-describing ``model.pt`` (weights and architecture record:
+            no config needed), a TorchScript file (the bundles' ``ckpt_export`` output), or, with
+            ``config``, a ``torch.save``d state dict (optionally under a ``model`` entry).
         config: the bundle config (JSON or YAML) whose ``network_def`` builds the network.
         key: the CLI option that named the checkpoint (``classifier`` or ``segmenter``), used
             in error messages.
@@ -264,6 +278,11 @@ def load_network(
             f"{checkpoint}: {key} checkpoint not found; train and export the {key} bundle first "
             f"or pass an existing file with --{key}"
         )
+    if config is None and _is_self_describing(checkpoint):
+        from busmonai.networks.described import load_network as load_described
+
+        stage = str(torch.load(checkpoint, map_location="cpu", weights_only=True)["arch"].get("stage"))
+        return load_described(checkpoint, key, stage).eval()
     if config is None:
         try:
             with warnings.catch_warnings():
