@@ -1,4 +1,4 @@
-"""``busmonai demo``: the whole pipeline, end to end, in a time budget (issue 7).
+"""``busmonai demo``: the whole pipeline, end to end, in a time budget.
 
 On the embedded phantom (``busmonai phantom``) or a real BUSI folder (``--data``) it prepares the
 data at 64 px, trains every stage in the cpu profile with a share of ``--minutes`` (autoencoder,

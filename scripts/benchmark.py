@@ -67,8 +67,13 @@ def gemm_gflops(size: int = 1024, repeats: int = 20) -> float:
     return 2 * size**3 / seconds / 1e9
 
 
+def _latent_channels() -> int:
+    """The autoencoder config's latent channels (the LDM reads them from a trained checkpoint)."""
+    return int(_parser("autoencoder").get_parsed_content("latent_channels"))
+
+
 def _unet_parts(stage: str) -> tuple[Any, Any, int, int, int]:
-    parser = _parser(stage)
+    parser = _parser(stage, latent_channels=_latent_channels())
     network = parser.get_parsed_content("network_def")
     text_encoder = parser.get_parsed_content("text_encoder")
     channels = parser.get_parsed_content("latent_channels")
@@ -88,8 +93,14 @@ def measure_training(stage: str, repeats: int) -> dict[str, Any]:
             trained = network
             forward = lambda: network(latents, timesteps=timesteps, context=context)  # noqa: E731
         else:
-            parser = _parser("controlnet")
-            controlnet = parser.get_parsed_content("controlnet_def")
+            from busmonai.networks.described import build, describe
+
+            ldm_parser = _parser("ldm", latent_channels=channels)
+            # the ControlNet copies the UNet's sizes, which it reads from a trained LDM: give them
+            parser = _parser("controlnet", latent_channels=channels, context_encoder=text_encoder,
+                             unet_arch={k: v for k, v in describe(ldm_parser.get_parsed_content("unet_arch")).items()
+                                        if k != "_target_"})
+            controlnet = build(parser.get_parsed_content("controlnet_arch"))
             masks = (torch.rand(batch, 1, size * 4, size * 4) > 0.7).float()
             network.requires_grad_(False)
             trained = controlnet

@@ -142,8 +142,8 @@ def train_arm(arm: str, rank: int | None, args: argparse.Namespace, target: Path
               "max_minutes": args.minutes, "resume": False, "seed": args.seed, "preview_interval": 10_000}
     if rank is None:  # full fine-tune from the base weights, keeping the base latent scale
         overrides = {**common, "lr": args.full_lr, "warmup_steps": 50, "ema_decay": args.ema_decay,
-                     "network": f"$busmonai.engines.checkpoints.load_weights(@network_def, {str(ldm)!r}, "
-                                "'ldm_ckpt').to(@device)",
+                     "network": f"$busmonai.networks.described.load_network({str(ldm)!r}, 'ldm_ckpt', 'ldm')"
+                                ".to(@device)",
                      "initialize": ["$monai.utils.set_determinism(seed=@seed)",
                                     "$pathlib.Path(@output_dir).mkdir(parents=True, exist_ok=True)"]}
         record = run_stage(["ldm/train.json"], overrides)

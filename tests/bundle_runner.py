@@ -62,12 +62,11 @@ def assert_both_ranks_stepped_rank0_wrote(run: subprocess.CompletedProcess, out:
     """Both processes logged training iterations; only rank 0 wrote checkpoints and one events file."""
     assert run.returncode == 0, run.stderr[-3000:]
     log = run.stdout + run.stderr
-    pids = set(re.findall(r"\[rank(\d)\]", log)) or None
     iterations = re.findall(r"Epoch: \d+/\d+, Iter: \d+/\d+", log)
-    assert iterations and len(iterations) % 2 == 0, log[-2000:]  # each rank logs its own iterations
-    if pids is not None:
-        assert pids == {"0", "1"}
+    assert iterations, log[-2000:]
+    # both processes log the same per-rank iterations: each line exactly twice
+    assert all(iterations.count(line) == 2 for line in set(iterations)), sorted(iterations)
     events = list(out.glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0, events
-    assert not list(cwd.rglob("events.out.tfevents.*")) or all(out in e.parents for e in cwd.rglob("events.out.tfevents.*"))
+    assert all(out in e.parents for e in cwd.rglob("events.out.tfevents.*"))  # none outside output_dir
     assert (out / "model.pt").is_file()

@@ -10,7 +10,7 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
 from busmonai.engines.diffusion import (
-    UNCONDITIONAL_FILL, DiffusionTrainer, ema_model, lesion_weights, sample_timesteps, warmup_decay,
+    DiffusionTrainer, ema_model, lesion_weights, sample_timesteps, warmup_decay,
 )
 from busmonai.networks.latent_diffusion import LatentDiffusionModel
 from busmonai.synthesis.sampling import ddim_sample, make_ddim
@@ -134,4 +134,3 @@ def test_lesion_weighted_loss(weight: float) -> None:
     assert w[0, 0, 0, 0] == pytest.approx(1 + weight) and w[0, 0, 3, 3] == 1.0
     expected = ((noise ** 2 * w).sum(dim=(1, 2, 3)) / (w.sum(dim=(1, 2, 3)) * 2)).mean()
     assert trainer.state.output["loss"] == pytest.approx(float(expected), rel=1e-5)
-    assert UNCONDITIONAL_FILL == -1.0
