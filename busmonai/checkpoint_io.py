@@ -31,6 +31,17 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
     return data
 
 
+def write_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """``torch.save`` ``state`` to ``path`` through a temporary sibling, so a crash never leaves a
+    half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save(state, partial)
+    partial.replace(path)
+    return path
+
+
 def load_weights(module: nn.Module, path: str | Path, key: str, entry: str | None = None) -> nn.Module:
     """Load a state dict into ``module`` strictly, or explain why it does not fit.
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from busmonai.checkpoint_io import read_checkpoint
+from busmonai.checkpoint_io import read_checkpoint, write_checkpoint
 from busmonai.errors import BusmonaiInputError
 
 __all__ = [
@@ -147,6 +147,12 @@ class ArchitectureRecord:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Nothing to restore: the record is fixed by the config that built the network."""
+
+
+def save_network(network: nn.Module, record: ArchitectureRecord, path: str | Path) -> Path:
+    """Write a self-describing ``model.pt`` (``{"model": weights, "arch": record}``) for a network
+    that is not trained by an engine (the parameter-free space-to-depth autoencoder)."""
+    return write_checkpoint({MODEL_ENTRY: network.state_dict(), ARCH_ENTRY: record.state_dict()}, path)
 
 
 def read_record(path: str | Path, key: str, stage: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -17,7 +17,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ControlResiduals", "Denoiser", "MaskGenerator", "Reconstruction"]
+__all__ = ["ControlResiduals", "Denoiser", "MaskGenerator", "Reconstruction", "latent_shape"]
+
+
+@torch.no_grad()
+def latent_shape(autoencoder: nn.Module, image_size: int, image_channels: int = 1) -> tuple[int, int, int]:
+    """(C, h, w) of ``autoencoder``'s latents for ``image_size`` images, found by encoding a blank image
+    (``AutoencoderKL`` and :class:`~busmonai.networks.space_to_depth.SpaceToDepth` alike)."""
+    device = next(iter(autoencoder.parameters()), torch.zeros(())).device
+    z_mu, _ = autoencoder.encode(torch.zeros(1, image_channels, image_size, image_size, device=device))
+    return tuple(int(v) for v in z_mu.shape[1:])  # type: ignore[return-value]
+
 
 
 class Reconstruction(nn.Module):

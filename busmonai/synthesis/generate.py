@@ -38,6 +38,7 @@ from busmonai.data.prepare import load_datalist
 from busmonai.engines.diffusion import UNCONDITIONAL_FILL
 from busmonai.engines.handlers import write_json_atomic
 from busmonai.errors import BusmonaiInputError
+from busmonai.networks.io_check import latent_shape
 from busmonai.synthesis.sampling import ddim_sample, decode, make_ddim, seeded_noise
 
 PRODUCER = "busmonai generate"
@@ -252,9 +253,7 @@ class GenerationModels:
 
     def latent_shape(self, image_size: int) -> tuple[int, ...]:
         """(C, h, w) of the autoencoder's latents for ``image_size`` images."""
-        with torch.no_grad():
-            mu, _ = self.autoencoder.encode(torch.zeros(1, 1, image_size, image_size, device=self.device))
-        return tuple(int(v) for v in mu.shape[1:])
+        return latent_shape(self.autoencoder, image_size)
 
 
 @torch.no_grad()
