@@ -8,7 +8,10 @@ copied anywhere runs from any working directory. ``bundle_root`` defaults to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,23 +65,70 @@ def bundle_root(fallback: str | Path = ".") -> str:
     return str(Path(fallback).resolve())
 
 
-def run_config(configs: Sequence[str | Path], run: bool = True, **overrides: Any) -> Any:
+def run_config(configs: Sequence[str | Path], run: bool = True, log_file: str | Path | None = None,
+               trainer_handlers: Sequence[Any] = (), **overrides: Any) -> Any:
     """Initialise (and run) a bundle workflow; returns the workflow.
 
     Args:
         configs: config files, merged in order (e.g. train.json then paper.json).
         run: execute the ``run`` expressions (False: only ``initialize``, for inspection).
+        log_file: send the workflow's log (the bundle's ``logging.conf`` prints it) to this file
+            instead of the terminal, while it runs.
+        trainer_handlers: handlers with ``attach(engine)`` to attach to ``train#trainer`` before it
+            runs (e.g. :class:`busmonai.engines.handlers.StageProgress`).
         **overrides: config keys to override, as ``--key value`` would.
     """
     from monai.bundle import ConfigWorkflow
 
     files = [str(Path(c).resolve()) for c in configs]
-    workflow = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=None, **overrides)
-    workflow.initialize()
-    if run:
-        workflow.run()
-        workflow.finalize()
+    with _log_to(log_file) as redirect:
+        workflow = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=None, **overrides)
+        redirect()  # the bundle's logging.conf has just given the root logger a console handler again
+        workflow.initialize()
+        if trainer_handlers:
+            trainer = workflow.parser.get_parsed_content("train#trainer")
+            redirect()  # the loggers that parsing the handlers created (MONAI's StatsHandler makes its own)
+            for handler in trainer_handlers:
+                handler.attach(trainer)
+        if run:
+            workflow.run()
+            workflow.finalize()
     return workflow
+
+
+@contextmanager
+def _log_to(path: str | Path | None) -> Iterator[Callable[[], None]]:
+    """Send what the loggers print on the terminal to ``path`` (appending) for the block.
+
+    Yields a function that redirects loggers created since (call it after parsing a config's
+    handlers); every redirected logger gets back the terminal handlers it had last. Nothing changes
+    for ``path`` None.
+    """
+    if path is None:
+        yield lambda: None
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(path)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    moved: dict[logging.Logger, list[logging.Handler]] = {}  # the latest terminal handlers of each
+
+    def redirect() -> None:
+        loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values()
+                                          if isinstance(v, logging.Logger))]
+        for logger in loggers:
+            console = [h for h in logger.handlers if type(h) is logging.StreamHandler
+                       and getattr(h, "stream", None) in (sys.stdout, sys.stderr)]
+            if console:
+                moved[logger] = console
+                logger.handlers = [h for h in logger.handlers if h not in console] + [file_handler]
+
+    redirect()
+    try:
+        yield redirect
+    finally:
+        for logger, console in moved.items():
+            logger.handlers = [h for h in logger.handlers if h is not file_handler] + console
+        file_handler.close()
 
 
 _PEAK_MARK = "BUSMONAI_PEAK_RSS_KB="

@@ -1,19 +1,24 @@
 """``busmonai demo``: the whole pipeline, end to end, in a time budget.
 
 On the embedded phantom (``busmonai phantom``) or a real BUSI folder (``--data``) it prepares the
-data at 64 px, trains every stage in the cpu profile with a share of ``--minutes`` (autoencoder,
-LDM, ControlNet, and the downstream segmenter and classifier used as judges), generates a labeled
-synthetic set, evaluates it (KID / FID against the real test images, mask adherence with the
-segmenter, label fidelity with the classifier, boundary curvature of masks) and writes a report
-folder: ``report.md``, ``report.json`` and PNG figures.
+data at 64 px, trains every stage of the cpu profile's chain with a share of ``--minutes``
+(:data:`STAGE_PLAN`: the mask-input LDM on the lossless space-to-depth view, and the downstream
+segmenter and classifier used as judges), generates a labeled synthetic set from ellipse masks,
+evaluates it (KID / FID against the real test images, mask adherence with the segmenter, label
+fidelity with the classifier, boundary curvature of masks) and writes a report folder:
+``report.md``, ``report.json`` and PNG figures (``control_sheet.png``: masks, then the benign and
+the malignant image generated from each).
 
-Each step is recorded with its status. A step that fails is reported with its error and the
-steps that need it are marked skipped: the report never shows a number it did not compute.
+The terminal shows a progress bar per training stage and one line per step; each stage's full log
+is in its run folder (``runs/<stage>/train.log``). Each step is recorded with its status. A step
+that fails is reported with its error and the steps that need it are marked skipped: the report
+never shows a number it did not compute.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 import traceback
@@ -26,10 +31,19 @@ from PIL import Image
 
 from busmonai.errors import BusmonaiInputError
 
-STAGE_SHARES: tuple[tuple[str, float], ...] = (
-    ("autoencoder", 0.20), ("ldm", 0.25), ("controlnet", 0.15), ("segmentation", 0.07), ("classification", 0.08),
+STAGE_PLAN: tuple[tuple[str, tuple[str, ...], float], ...] = (
+    ("autoencoder", ("train.json", "space_to_depth.json"), 0.0),
+    ("ldm", ("train.json", "mask_input.json"), 0.55),
+    ("segmentation", ("train.json",), 0.08),
+    ("classification", ("train.json",), 0.07),
 )
-"""Share of ``--minutes`` for each trained stage; the rest (25 %) covers data, synthesis, evaluation."""
+"""Each trained stage: the bundle, its config files (merged in order) and its share of ``--minutes``.
+
+The cpu profile's chain: the lossless space-to-depth view instead of a trained autoencoder (no
+training, nothing lost) and the LDM with the mask as an input channel instead of LDM + ControlNet,
+which at equal wall-clock adheres better (README, "Mask control"). The rest of the budget (30 %)
+covers data, synthesis and evaluation."""
+TRAINED = tuple(stage for stage, _, _ in STAGE_PLAN)
 IMAGE_SIZE = 64
 DEMO_STEPS = 20
 """DDIM steps of the demo's synthesis (the bundles default to 50)."""
@@ -48,8 +62,6 @@ class _Steps:
         if missing:
             self.records[name] = {"status": "skipped", "reason": f"needs {', '.join(missing)}"}
             return None
-        if self.progress:
-            print(f"[demo] {name} ...", flush=True)
         start = time.perf_counter()
         try:
             detail = action() or {}
@@ -57,27 +69,36 @@ class _Steps:
             self.records[name] = {"status": "failed", "seconds": round(time.perf_counter() - start, 1),
                                   "error": f"{type(err).__name__}: {err}",
                                   "trace": traceback.format_exc(limit=3)}
+            self._say(name, f"FAILED after {self.records[name]['seconds']:.0f} s: {self.records[name]['error']}")
             return None
         self.records[name] = {"status": "ok", "seconds": round(time.perf_counter() - start, 1), **detail}
+        self._say(name, f"ok in {self.records[name]['seconds']:.0f} s")
         return detail
 
+    def _say(self, name: str, text: str) -> None:
+        if self.progress:
+            print(f"[demo] {name}: {text}", flush=True)
 
-def _train(stage: str, out: Path, datalist: Path, minutes: float) -> dict[str, Any]:
+
+def _train(stage: str, configs: tuple[str, ...], out: Path, datalist: Path, minutes: float,
+           progress: bool = True) -> dict[str, Any]:
     from busmonai.bundles import bundle_config, run_config
+    from busmonai.engines.handlers import StageProgress
 
     folder = out / "runs" / stage
     overrides: dict[str, Any] = {"datalist": str(datalist), "output_dir": str(folder), "max_minutes": minutes,
                                  "resume": False}
-    if stage in ("ldm", "controlnet"):
+    if stage == "ldm":
         overrides["autoencoder_ckpt"] = str(out / "runs" / "autoencoder" / "model.pt")
-    if stage == "controlnet":
-        overrides["ldm_ckpt"] = str(out / "runs" / "ldm" / "model.pt")
-    run_config([bundle_config(stage, "train.json")], **overrides)
+    bar = StageProgress(stage, minutes, enabled=progress)
+    run_config([bundle_config(stage, name) for name in configs], log_file=folder / "train.log",
+               trainer_handlers=(bar,) if minutes > 0 else (), **overrides)
     metrics = json.loads((folder / "metrics.json").read_text())
     if not (folder / "model.pt").is_file():
         raise RuntimeError(f"{stage} wrote no model.pt")
     return {"budget_minutes": round(minutes, 2), "iterations": metrics.get("iterations"),
-            "validation": metrics.get("validation", {}), "loss": metrics.get("loss")}
+            "iterations_per_second": bar.summary.get("iterations_per_second"),
+            "validation": metrics.get("validation", {}), "loss": metrics.get("loss"), "log": str(folder / "train.log")}
 
 
 def _generate(out: Path, datalist: Path, n: int) -> dict[str, Any]:
@@ -87,9 +108,9 @@ def _generate(out: Path, datalist: Path, n: int) -> dict[str, Any]:
     target = out / "synthetic"
     if target.exists():
         shutil.rmtree(target)
-    run_config([bundle_config("controlnet", "inference.json")], datalist=str(datalist), output_dir=str(target),
-               n=n, steps=DEMO_STEPS, mask_source="ellipse", autoencoder_ckpt=str(runs / "autoencoder/model.pt"),
-               ldm_ckpt=str(runs / "ldm/model.pt"), controlnet_ckpt=str(runs / "controlnet/model.pt"))
+    run_config([bundle_config("controlnet", "inference.json")], log_file=target.parent / "runs" / "synthesis.log",
+               datalist=str(datalist), output_dir=str(target), n=n, steps=DEMO_STEPS, mask_source="ellipse",
+               autoencoder_ckpt=str(runs / "autoencoder/model.pt"), ldm_ckpt=str(runs / "ldm/model.pt"))
     data = json.loads((target / "datalist.json").read_text())
     return {"n": len(data["training"]), "counts": data["counts"]["training"], "steps": DEMO_STEPS,
             "guidance": data["settings"]["guidance"], "datalist": str(target / "datalist.json")}
@@ -129,8 +150,9 @@ def _figures(out: Path, datalist: Path, synthetic: Path | None) -> dict[str, str
 def _loss_series(runs: Path) -> dict[str, tuple[list[float], list[float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs every event file it cannot extend
     series: dict[str, tuple[list[float], list[float]]] = {}
-    for stage, _ in STAGE_SHARES:
+    for stage, _, _ in STAGE_PLAN:
         folder = runs / stage
         if not folder.is_dir():
             continue
@@ -171,13 +193,14 @@ def run_demo(out: str | Path, data: str | Path | None = None, minutes: float = 1
         return {"source": "phantom" if data is None else str(data), "counts": prepared["counts"]}
 
     steps.run("data", (), prepare)
-    needs = {"autoencoder": ("data",), "ldm": ("autoencoder",), "controlnet": ("ldm",),
-             "segmentation": ("data",), "classification": ("data",)}
-    for stage, share in STAGE_SHARES:
-        steps.run(stage, needs[stage], lambda stage=stage, share=share: _train(stage, out, datalist, share * minutes))
+    needs = {"autoencoder": ("data",), "ldm": ("autoencoder",), "segmentation": ("data",),
+             "classification": ("data",)}
+    for stage, configs, share in STAGE_PLAN:
+        steps.run(stage, needs[stage], lambda stage=stage, configs=configs, share=share: _train(
+            stage, configs, out, datalist, share * minutes, progress))
     training = json.loads(datalist.read_text())["training"] if datalist.is_file() else []
     n_generate = max(16, 2 * sum(1 for i in training if i["class"] in ("benign", "malignant")) if minutes >= 5 else 16)
-    steps.run("synthesis", ("controlnet",), lambda: _generate(out, datalist, n_generate))
+    steps.run("synthesis", ("ldm",), lambda: _generate(out, datalist, n_generate))
     synthetic = out / "synthetic" / "datalist.json"
 
     def fid() -> dict[str, Any]:
@@ -232,10 +255,12 @@ def render_report(report: dict[str, Any]) -> str:
              "## Steps", "", "| step | status | seconds | detail |", "|---|---|---|---|"]
     for name, record in steps.items():
         detail = record.get("error") or record.get("reason") or ""
-        if name in ("autoencoder", "ldm", "controlnet", "segmentation", "classification") and record.get("status") == "ok":
+        if name in TRAINED and record.get("status") == "ok":
             validation = ", ".join(f"{k} {_fmt(v)}" for k, v in (record.get("validation") or {}).items())
-            detail = f"{record.get('iterations')} iterations in {record.get('budget_minutes')} min" + (
-                f"; {validation}" if validation else "")
+            rate = record.get("iterations_per_second")
+            detail = "lossless space-to-depth view, nothing to train" if record.get("iterations") == 0 else (
+                f"{record.get('iterations')} iterations in {record.get('budget_minutes')} min"
+                + (f" ({rate:.2f} it/s)" if rate else "") + (f"; {validation}" if validation else ""))
         lines.append(f"| {name} | {record['status']} | {_fmt(record.get('seconds'), 1)} | {detail} |")
     lines += ["", "## Synthetic data quality", ""]
     if "synthesis" in ok:

@@ -14,7 +14,12 @@ from busmonai.cli import main
 def test_demo_one_minute_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--minutes", "1", "--out", str(out)]) == 0
-    assert "report.md" in capsys.readouterr().out.strip().splitlines()[-1]
+    printed = capsys.readouterr()
+    lines = printed.out.strip().splitlines()
+    assert "report.md" in lines[-1]
+    assert "[demo] ldm: ok" in printed.out and "Epoch" not in printed.out + printed.err  # bars, not logs
+    assert any(line.startswith("ldm: ") and "it/s" in line for line in printed.err.splitlines())
+    assert (out / "runs" / "ldm" / "train.log").is_file() and (out / "control_sheet.png").is_file()
     report = json.loads((out / "report.json").read_text())
     statuses = {name: record["status"] for name, record in report["steps"].items()}
     assert set(statuses.values()) == {"ok"}, statuses
@@ -37,7 +42,7 @@ def test_failed_stage_is_reported_and_claims_no_numbers(tmp_path: Path, monkeypa
     steps = report["steps"]
     assert steps["data"]["status"] == "ok"
     assert steps["autoencoder"]["status"] == "failed" and "exploded" in steps["autoencoder"]["error"]
-    assert steps["controlnet"]["status"] == "skipped" and steps["fid_kid"]["status"] == "skipped"
+    assert steps["ldm"]["status"] == "skipped" and steps["fid_kid"]["status"] == "skipped"
     text = (tmp_path / "demo" / "report.md").read_text()
     assert "KID" not in text and "No quality metric was computed" in text
     assert "autoencoder | failed" in text

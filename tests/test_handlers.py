@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from ignite.engine import Engine
 
@@ -42,3 +43,51 @@ def test_preview_grid_by_iterations() -> None:
     assert calls == [3, 6, 8]
     with pytest.raises(ValueError, match="every"):
         PreviewGrid(lambda engine: [], path="x.png", every="minute")
+
+
+def test_stage_progress_summarises_the_run() -> None:
+    import io
+
+    from busmonai.engines.handlers import StageProgress
+
+    stream = io.StringIO()
+    bar = StageProgress("ldm", stream=stream)
+    trainer = Engine(lambda engine, batch: {"loss": torch.tensor(0.5 / (engine.state.iteration))})
+    bar.attach(trainer)
+    trainer.run([0, 1, 2], max_epochs=2)
+    assert bar.summary["iterations"] == 6 and bar.summary["new_iterations"] == 6 and not bar.summary["failed"]
+    assert bar.summary["loss"] == pytest.approx(0.5 / 6) and bar.summary["iterations_per_second"] > 0
+    last = stream.getvalue().strip().splitlines()[-1]
+    assert last.startswith("ldm: 6 iterations in ") and "it/s), last loss 0.0833" in last
+
+    failing = StageProgress("ldm", stream=io.StringIO())
+    broken = Engine(lambda engine, batch: 1 / 0)
+    failing.attach(broken)
+    with pytest.raises(ZeroDivisionError):  # the error still reaches the caller
+        broken.run([0], max_epochs=1)
+    assert failing.summary["failed"] and "FAILED" in failing.stream.getvalue()
+
+
+def test_run_config_sends_the_bundle_log_to_a_file(datalist32: Path, tmp_path: Path, capsys) -> None:
+    import logging
+
+    from busmonai.bundles import bundle_config, run_config
+    from busmonai.engines.handlers import StageProgress
+
+    handlers_before = {name: list(lg.handlers) for name, lg in logging.root.manager.loggerDict.items()
+                       if isinstance(lg, logging.Logger)}
+    bar = StageProgress("segmentation")
+    run_config([bundle_config("segmentation")], log_file=tmp_path / "train.log", trainer_handlers=[bar],
+               datalist=str(datalist32), output_dir=str(tmp_path / "seg"), image_size=32, max_epochs=2, resume=False)
+    printed = capsys.readouterr()
+    assert "Epoch" not in printed.out + printed.err  # the per-iteration log is not on the terminal ...
+    assert "Epoch" in (tmp_path / "train.log").read_text()  # ... but in the run's log file
+    assert printed.err.strip().splitlines()[-1].startswith("segmentation: ") and bar.summary["iterations"] > 0
+    # afterwards every logger prints where it printed before (the bundle's logging.conf has
+    # replaced the root's handlers by its console handler, as it does without the redirect)
+    loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    assert not [lg.name for lg in loggers for h in lg.handlers if isinstance(h, logging.FileHandler)
+                and h.baseFilename == str(tmp_path / "train.log")]
+    assert any(type(h) is logging.StreamHandler for h in logging.getLogger().handlers)
+    for name, handlers in handlers_before.items():
+        assert len(logging.getLogger(name).handlers) == len(handlers), name

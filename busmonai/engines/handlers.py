@@ -5,6 +5,8 @@
   continues where it stopped.
 - :class:`TimeBudget`: stop training after a wall-clock budget (``max_minutes``), used by the
   demo and the benchmarks to size runs for this CPU.
+- :class:`StageProgress`: a progress bar for a training run and a one-line summary at its end, for
+  terminals where the per-iteration log goes to a file instead.
 - :class:`PreviewGrid`: a PNG grid (and a TensorBoard image) of samples or reconstructions.
 - :class:`MetricsWriter`: ``metrics.json`` at the end: iterations, time, best validation metric.
 - :class:`ValidateAtEnd`: one last validation when training ends off the validation interval.
@@ -19,6 +21,7 @@ import logging
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -156,6 +159,93 @@ class TimeBudget:
         if self.max_seconds > 0 and time.perf_counter() - self.start >= self.max_seconds:
             logger.info("time budget of %.1f min reached at iteration %d", self.max_seconds / 60, engine.state.iteration)
             engine.terminate()
+
+
+def _loss_value(output: Any) -> float | None:
+    value = output.get("loss") if isinstance(output, Mapping) else output
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.detach())
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+class StageProgress:
+    """A tqdm bar over a training run, then one summary line (and :attr:`summary` for reports).
+
+    With a time budget the bar counts seconds of it (``max_minutes``), otherwise iterations of
+    ``max_epochs``; its postfix shows the iteration, the step rate and the last loss.
+
+    Args:
+        name: the stage, at the start of the bar and the summary.
+        max_minutes: the run's time budget (0: none).
+        stream: where the bar and the summary go (stderr by default).
+        enabled: False writes nothing (the summary is still recorded).
+    """
+
+    def __init__(self, name: str, max_minutes: float = 0.0, stream: Any = None, enabled: bool = True) -> None:
+        self.name = name
+        self.max_seconds = 60.0 * float(max_minutes or 0.0)
+        self.stream = stream
+        self.enabled = enabled
+        self.summary: dict[str, Any] = {}
+        self._bar: Any = None
+        self._start = 0.0
+        self._first_iteration = 0
+        self._loss: float | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Open on start, advance every iteration, close with the summary on completion or error."""
+        engine.add_event_handler(Events.STARTED, self._open)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._advance)
+        engine.add_event_handler(Events.COMPLETED, self._close)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
+
+    def _failed(self, engine: Engine, err: Exception) -> None:
+        """Close the bar, then raise ``err`` again: Ignite treats a run whose exception handlers all
+        return as handled."""
+        self._close(engine, failed=True)
+        raise err
+
+    def _open(self, engine: Engine) -> None:
+        from tqdm import tqdm
+
+        self._start = time.perf_counter()
+        self._first_iteration = engine.state.iteration
+        if self.max_seconds > 0:
+            total, unit = int(round(self.max_seconds)), "s"
+        else:
+            total, unit = (engine.state.max_epochs or 1) * (engine.state.epoch_length or 1), "it"
+        self._bar = tqdm(total=total, desc=self.name, unit=unit, file=self.stream, disable=not self.enabled,
+                         leave=False, dynamic_ncols=True,
+                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]")
+
+    def _rate(self, engine: Engine) -> tuple[int, float, float]:
+        done = engine.state.iteration - self._first_iteration
+        seconds = time.perf_counter() - self._start
+        return done, seconds, done / seconds if seconds > 0 else 0.0
+
+    def _advance(self, engine: Engine) -> None:
+        self._loss = _loss_value(engine.state.output)
+        if self._bar is None:
+            return
+        done, seconds, rate = self._rate(engine)
+        target = min(int(seconds), self._bar.total) if self.max_seconds > 0 else done
+        if target > self._bar.n:
+            self._bar.update(target - self._bar.n)
+        loss = "" if self._loss is None else f", loss {self._loss:.4f}"
+        self._bar.set_postfix_str(f"it {engine.state.iteration}, {rate:.2f} it/s{loss}", refresh=False)
+
+    def _close(self, engine: Engine, failed: bool = False) -> None:
+        done, seconds, rate = self._rate(engine)
+        self.summary = {"iterations": engine.state.iteration, "new_iterations": done, "seconds": round(seconds, 1),
+                        "iterations_per_second": round(rate, 3), "loss": self._loss, "failed": failed}
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self.enabled:
+            loss = "" if self._loss is None else f", last loss {self._loss:.4f}"
+            line = (f"{self.name}: {'FAILED after ' if failed else ''}{done} iterations in {seconds:.0f} s "
+                    f"({rate:.2f} it/s){loss}")
+            print(line, file=self.stream or sys.stderr, flush=True)
 
 
 class PreviewGrid:
