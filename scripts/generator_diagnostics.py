@@ -11,8 +11,10 @@ own prompt and a fixed seed) for every combination of
 segment every image with a segmenter trained on **real images only** (never one a loss used) and
 print the Dice with the image's own mask, the Dice with another image's mask (the shuffled-mask
 control: the mask's real effect is own minus control), and KID against the real held-out images
-for the best setting. Text-only generation is the floor: its own-mask Dice is what any lesion
-prior scores without looking at the mask.
+for the best setting. With ``--masks ellipse`` the masks are elliptic ones that no network has seen
+(as many as the held-out tumors, with prompts drawn as ``busmonai generate`` draws them): sampling
+settings are chosen on these, and the held-out split only reports. Text-only generation is the
+floor: its own-mask Dice is what any lesion prior scores without looking at the mask.
 
 Usage::
 
@@ -52,6 +54,18 @@ def load_models(run: Path, device: str) -> dict[str, Any]:
             "scheduler": scheduler, "mask_input": bool(ldms["ema"].mask_channels)}
 
 
+def ellipse_items(datalist: Path, n: int, image_size: int, seed: int = 1) -> dict[str, Any]:
+    """``n`` elliptic masks (the ellipse prior fitted on the training masks; half benign, half
+    malignant) with prompts drawn like ``busmonai generate`` draws them: masks no network has seen
+    and no test data, to choose sampling settings on. ``images`` is None (no real image has them)."""
+    from busmonai.synthesis.generate import GenerationSettings, make_plan
+
+    entries, masks = make_plan(GenerationSettings(n=n, mask_source="ellipse", datalist=str(datalist),
+                                                  image_size=image_size, seed=seed))
+    return {"images": None, "masks": torch.stack([torch.from_numpy(m > 0).float()[None] for m in masks]),
+            "prompts": [e["prompt"] for e in entries], "classes": [e["class"] for e in entries]}
+
+
 def test_items(datalist: Path, split: str, image_size: int, limit: int | None) -> dict[str, Any]:
     """Real held-out tumor images, their masks and prompts."""
     from busmonai.data.dataset import LoadPNGd, datalist_split
@@ -85,11 +99,18 @@ def generate(models: dict[str, Any], ldm: torch.nn.Module, controlnet: torch.nn.
     return torch.cat(out)
 
 
-def score(images: torch.Tensor, masks: torch.Tensor, segmenter: Any) -> dict[str, float]:
-    """Own-mask Dice, shuffled-mask Dice (image k against mask k+1) and their difference."""
+def score(images: torch.Tensor, masks: torch.Tensor, segmenter: Any, classes: list[str] | None = None,
+          classifier: Any = None) -> dict[str, float]:
+    """Own-mask Dice, shuffled-mask Dice (image k against mask k+1) and their difference; with a
+    ``classifier``, label fidelity: its AUC on the images' intended classes."""
     from busmonai.metrics.adherence import mask_control_effect
+    from busmonai.metrics.fidelity import label_fidelity
 
-    return mask_control_effect(images[:, 0].numpy(), masks[:, 0].numpy() > 0.5, segmenter)
+    result = mask_control_effect(images[:, 0].numpy(), masks[:, 0].numpy() > 0.5, segmenter)
+    if classifier is not None and classes is not None:
+        result["fidelity_auc"] = label_fidelity(images[:, 0].numpy(), [int(c == "malignant") for c in classes],
+                                                classifier)["auc"]
+    return result
 
 
 def kid(real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -115,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5, 2.0])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--classifier", type=Path, default=None,
+                        help="classification model.pt trained on real images: adds label fidelity (AUC) per row")
+    parser.add_argument("--masks", choices=("split", "ellipse"), default="split",
+                        help="score on the real masks of --split, or on as many elliptic masks that no network saw "
+                             "(choose sampling settings on these: the test split only reports)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     device = "cpu"
@@ -122,18 +148,21 @@ def main(argv: list[str] | None = None) -> int:
     from busmonai.networks.described import load_network
 
     segmenter = probability_fn(load_network(args.segmenter, "segmenter", "segmentation").eval(), "softmax")
+    classifier = None if args.classifier is None else probability_fn(
+        load_network(args.classifier, "classifier", "classification").eval(), "auto")
     models = load_models(args.run, device)
-    data = test_items(args.datalist, args.split, args.image_size, args.limit)
-    real_score = score(data["images"], data["masks"], segmenter)
-    rows: list[dict[str, Any]] = [{"checkpoint": "real test images", **real_score, "kid": None}]
+    real = test_items(args.datalist, args.split, args.image_size, args.limit)
+    rows: list[dict[str, Any]] = [{"checkpoint": f"real {args.split} images",
+                                   **score(real["images"], real["masks"], segmenter, real["classes"], classifier), "kid": None}]
+    data = real if args.masks == "split" else ellipse_items(args.datalist, len(real["prompts"]), args.image_size)
     stage = models["ldms"] if models["mask_input"] else models["controlnets"]
     scales = [1.0] if models["mask_input"] else args.scales
     best: tuple[float, torch.Tensor | None, dict[str, Any] | None] = (-1.0, None, None)
     start = time.perf_counter()
     text_images = generate(models, models["ldms"]["ema"], None, data, args.steps, args.guidance, None, 1.0, False,
                            args.batch_size, device)
-    rows.append({"checkpoint": "ema", "mode": "text only", **score(text_images, data["masks"], segmenter),
-                 "kid": kid(data["images"], text_images)})
+    rows.append({"checkpoint": "ema", "mode": "text only", **score(text_images, data["masks"], segmenter, data["classes"], classifier),
+                 "kid": kid(real["images"], text_images)})
     for name, module in stage.items():
         ldm = module if models["mask_input"] else models["ldms"]["ema"]
         controlnet = None if models["mask_input"] else module
@@ -142,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 images = generate(models, ldm, controlnet, data, args.steps, args.guidance, weight, scale, True,
                                   args.batch_size, device)
                 row = {"checkpoint": name, "mode": "full", "conditioning_scale": scale, "mask_guidance": weight,
-                       **score(images, data["masks"], segmenter), "kid": None}
+                       **score(images, data["masks"], segmenter, data["classes"], classifier), "kid": None}
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "per_image"}), flush=True)
                 if row["effect"] > best[0]:
@@ -153,16 +182,19 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"checkpoint": name, "mode": "mask only", "conditioning_scale": 1.0,
                      "mask_guidance": args.guidance, **score(images, data["masks"], segmenter), "kid": None})
     if best[2] is not None:
-        best[2]["kid"] = kid(data["images"], best[1])
+        best[2]["kid"] = kid(real["images"], best[1])
     seconds = time.perf_counter() - start
-    print(f"\n{len(data['prompts'])} held-out tumor masks, {args.steps} DDIM steps, text guidance {args.guidance}, "
+    kind = "held-out tumor" if args.masks == "split" else "elliptic"
+    print(f"\n{len(data['prompts'])} {kind} masks, {args.steps} DDIM steps, text guidance {args.guidance}, "
           f"segmenter {args.segmenter} (trained on real images), {seconds:.0f} s")
-    print("\n| checkpoint | mode | scale | mask guidance | own-mask Dice | shuffled-mask Dice | effect | KID |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| checkpoint | mode | scale | mask guidance | own-mask Dice | shuffled-mask Dice | effect | KID | label AUC |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         kid_text = f"{r['kid']:.4f}" if r.get("kid") is not None else ""
+        auc_text = f"{r['fidelity_auc']:.3f}" if "fidelity_auc" in r else ""
         print(f"| {r['checkpoint']} | {r.get('mode', '')} | {r.get('conditioning_scale', '')} | "
-              f"{r.get('mask_guidance', '')} | {r['own']:.3f} | {r['shuffled']:.3f} | {r['effect']:+.3f} | {kid_text} |")
+              f"{r.get('mask_guidance', '')} | {r['own']:.3f} | {r['shuffled']:.3f} | {r['effect']:+.3f} | {kid_text} | "
+              f"{auc_text} |")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "seconds": seconds, "n": len(data["prompts"]),
                                          "settings": vars(args) | {"datalist": str(args.datalist),

@@ -38,7 +38,7 @@ def test_autoencoder_resumes_from_saved_iteration(trained_autoencoder: Path, dat
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.state.resumed_iteration == before
     assert trainer.state.epoch == 3 and trainer.state.iteration == before * 3 // 2
-    assert [p.name for p in out.glob("resume_*.pt")] == ["resume_checkpoint_epoch=3.pt"]
+    assert [p.name for p in out.glob("resume_*.pt")] == ["resume_checkpoint_final=0.pt"]
 
 
 def test_autoencoder_inference_grid(trained_autoencoder: Path, datalist32: Path, tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_autoencoder_adversarial_term_switches_on_after_warmup(datalist32: Path,
                    "channels": 8, "in_channels": 1, "out_channels": 1, "norm": "INSTANCE"}, **TINY_AUTOENCODER)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["d_loss"] > 0 and metrics["adv_loss"] > 0  # epoch 2 is past the warm-up
-    state = torch.load(out / "resume_checkpoint_epoch=2.pt", weights_only=True)
+    state = torch.load(out / "resume_checkpoint_final=0.pt", weights_only=True)
     assert "discriminator" in state and "d_optimizer" in state
 
 
@@ -183,11 +183,11 @@ def test_fresh_start_drops_stale_resume_checkpoints(trained_autoencoder: Path, d
 
     out = tmp_path / "ae"
     shutil.copytree(trained_autoencoder, out)
-    (out / "resume_checkpoint_epoch=2.pt").rename(out / "resume_checkpoint_epoch=9.pt")  # an older, longer run
+    (out / "resume_checkpoint_final=0.pt").rename(out / "resume_checkpoint_epoch=9.pt")  # an older, longer run
     workflow = run_bundle([AE_TRAIN], datalist=str(datalist32), output_dir=str(out), image_size=32, max_epochs=1,
                           val_interval=1, batch_size=4, resume=False, **TINY_AUTOENCODER)
     assert workflow.parser.get_parsed_content("train#trainer").state.epoch == 1
-    assert [p.name for p in out.glob("resume_*.pt")] == ["resume_checkpoint_epoch=1.pt"]
+    assert [p.name for p in out.glob("resume_*.pt")] == ["resume_checkpoint_final=0.pt"]
 
 
 def test_ldm_with_the_mask_as_input_generates_without_a_controlnet(datalist32: Path, trained_autoencoder: Path,

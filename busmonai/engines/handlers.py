@@ -298,7 +298,13 @@ class PreviewGrid:
 
 
 class ValidateAtEnd:
-    """Run ``validator`` once more at completion unless it just ran for this epoch."""
+    """Run ``validator`` once more at completion unless it just ran at the last iteration.
+
+    Args:
+        validator: the evaluator that MONAI's ``ValidationHandler`` runs.
+        interval: the handler's interval, in iterations (``epoch_level: false``, the bundles'
+            setting: validation cost then does not depend on the dataset size).
+    """
 
     def __init__(self, validator: Engine, interval: int) -> None:
         self.validator = validator
@@ -309,7 +315,7 @@ class ValidateAtEnd:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if engine.state.epoch % self.interval != 0 or engine.should_terminate:
+        if engine.state.iteration % self.interval != 0:
             self.validator.run(engine.state.epoch)
 
 
