@@ -33,20 +33,23 @@ from typing import Any
 
 import torch
 
-STAGES = ("autoencoder", "ldm", "controlnet", "scmg", "classification", "segmentation")
+STAGES = ("autoencoder", "ldm", "ldm_mask_input", "controlnet", "scmg", "classification", "segmentation")
+"""``ldm_mask_input`` is the demo's LDM: ``mask_input.json`` on the space-to-depth view (16 latent
+channels plus the mask channel), batches of 16."""
+DEMO_LDM = {"latent_channels": 16, "batch_size": 16}
 TARGET_IMAGES_PER_S = 5.0
 TARGET_GEMM_FRACTION = 0.5
 TARGET_RSS_MB = 4096
 
 
-def _parser(stage: str, **overrides: Any) -> Any:
+def _parser(stage: str, configs: tuple[str, ...] = ("train.json",), **overrides: Any) -> Any:
     from monai.bundle import ConfigParser
 
     from busmonai.bundles import REPO_ROOT, bundle_config
 
     os.chdir(REPO_ROOT)
     parser = ConfigParser()
-    parser.read_config(str(bundle_config(stage, "train.json")))
+    parser.read_config([str(bundle_config(stage, name)) for name in configs])
     parser.update(overrides)
     return parser
 
@@ -72,8 +75,8 @@ def _latent_channels() -> int:
     return int(_parser("autoencoder").get_parsed_content("latent_channels"))
 
 
-def _unet_parts(stage: str) -> tuple[Any, Any, int, int, int]:
-    parser = _parser(stage, latent_channels=_latent_channels())
+def _unet_parts(stage: str, configs: tuple[str, ...] = ("train.json",), **overrides: Any) -> tuple[Any, Any, int, int, int]:
+    parser = _parser(stage, configs, **({"latent_channels": _latent_channels()} | overrides))
     network = parser.get_parsed_content("network_def")
     text_encoder = parser.get_parsed_content("text_encoder")
     channels = parser.get_parsed_content("latent_channels")
@@ -84,14 +87,17 @@ def _unet_parts(stage: str) -> tuple[Any, Any, int, int, int]:
 
 def measure_training(stage: str, repeats: int) -> dict[str, Any]:
     """Training samples/s of one stage's networks at its configured batch size."""
-    if stage in ("ldm", "controlnet"):
-        network, text_encoder, channels, size, batch = _unet_parts("ldm")
+    if stage in ("ldm", "ldm_mask_input", "controlnet"):
+        mask_input = stage == "ldm_mask_input"
+        network, text_encoder, channels, size, batch = (
+            _unet_parts("ldm", ("train.json", "mask_input.json"), **DEMO_LDM) if mask_input else _unet_parts("ldm"))
         context = text_encoder.encode(["breast ultrasound image of benign tumor with homogeneous echogenicity and clear boundary."] * batch)
         latents = torch.randn(batch, channels, size, size)
         timesteps = torch.randint(0, 1000, (batch,))
-        if stage == "ldm":
+        if stage != "controlnet":
             trained = network
-            forward = lambda: network(latents, timesteps=timesteps, context=context)  # noqa: E731
+            mask = (torch.rand(batch, 1, size * 4, size * 4) > 0.7).float() if mask_input else None
+            forward = lambda: network(latents, timesteps=timesteps, context=context, mask=mask)  # noqa: E731
         else:
             from busmonai.networks.described import build, describe
 
@@ -217,14 +223,16 @@ def markdown(results: dict[str, Any]) -> str:
     """The results as markdown tables, with targets and misses."""
     lines = ["| stage | batch | training samples/s | parameters (M) | peak RSS (MB) |", "|---|---|---|---|---|"]
     for stage in STAGES:
-        r = results["training"].get(stage, {})
+        r = results["training"].get(stage)
+        if r is None:
+            continue
         if "error" in r:
             lines.append(f"| {stage} | failed | | | |")
             continue
         flag = "" if r["peak_rss_mb"] <= TARGET_RSS_MB else " (over 4 GB)"
         lines.append(f"| {stage} | {r['batch_size']} | {r['samples_per_s']} | {r['parameters_m']} | {r['peak_rss_mb']}{flag} |")
     s = results["sampling"]
-    if "error" not in s:
+    if s and "error" not in s:
         best = s["best"]
         lines += ["", f"| LDM sampling ({s['steps']} DDIM steps, guidance 3) | images/s |", "|---|---|"]
         lines += [f"| batch {r['batch']}, {r['memory_format']} | {r['images_per_s']} |" for r in s["runs"]]
@@ -247,16 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[16, 32, 64])
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--stages", type=lambda s: s.split(","), default=list(STAGES),
+                        help=f"comma-separated subset of {','.join(STAGES)} (and 'sampling')")
     args = parser.parse_args(argv)
     if args.child:
         child(args.child, args)
         return 0
     results = {"threads": args.threads, "training": {}, "sampling": {}}
     for stage in STAGES:
-        print(f"[benchmark] {stage} training ...", flush=True)
-        results["training"][stage] = run_child(stage, args)
-    print("[benchmark] LDM sampling ...", flush=True)
-    results["sampling"] = run_child("sampling", args)
+        if stage in args.stages:
+            print(f"[benchmark] {stage} training ...", flush=True)
+            results["training"][stage] = run_child(stage, args)
+    if "sampling" in args.stages or args.stages == list(STAGES):
+        print("[benchmark] LDM sampling ...", flush=True)
+        results["sampling"] = run_child("sampling", args)
     table = markdown(results)
     print(table)
     if args.json:
