@@ -33,8 +33,8 @@ from busmonai.errors import BusmonaiInputError
 
 STAGE_PLAN: tuple[tuple[str, tuple[str, ...], float, dict[str, Any]], ...] = (
     ("autoencoder", ("train.json", "space_to_depth.json"), 0.0, {}),
-    ("ldm", ("train.json", "mask_input.json"), 0.55, {"batch_size": 16}),
-    ("segmentation", ("train.json",), 0.08, {}),
+    ("ldm", ("train.json", "mask_input.json"), 0.65, {"batch_size": 16}),
+    ("segmentation", ("train.json",), 0.05, {}),
     ("classification", ("train.json",), 0.07, {}),
 )
 """Each trained stage: the bundle, its config files (merged in order), its share of ``--minutes`` and
@@ -43,8 +43,8 @@ the demo's overrides.
 The cpu profile's chain: the lossless space-to-depth view instead of a trained autoencoder (no
 training, nothing lost) and the LDM with the mask as an input channel instead of LDM + ControlNet,
 which at equal wall-clock adheres better (README, "Mask control"). With the phantom's 40 training
-images the LDM takes batches of 16 (more updates in the budget). The rest of the budget (30 %)
-covers data, synthesis and evaluation."""
+images the LDM takes batches of 16 (more updates in the budget). The rest of the budget (23 %)
+covers data, synthesis and evaluation (about 15 % on the phantom)."""
 TRAINED = tuple(stage for stage, *_ in STAGE_PLAN)
 IMAGE_SIZE = 64
 DEMO_STEPS = 20

@@ -11,7 +11,8 @@ own prompt and a fixed seed) for every combination of
 segment every image with a segmenter trained on **real images only** (never one a loss used) and
 print the Dice with the image's own mask, the Dice with another image's mask (the shuffled-mask
 control: the mask's real effect is own minus control), and KID against the real held-out images
-for the best setting. With ``--masks ellipse`` the masks are elliptic ones that no network has seen
+for the best setting; the autoencoder's reconstruction of the real images gives the chain's ceiling
+(no generator on that latent space can score a lower KID). With ``--masks ellipse`` the masks are elliptic ones that no network has seen
 (as many as the held-out tumors, with prompts drawn as ``busmonai generate`` draws them): sampling
 settings are chosen on these, and the held-out split only reports. Text-only generation is the
 floor: its own-mask Dice is what any lesion prior scores without looking at the mask.
@@ -154,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     real = test_items(args.datalist, args.split, args.image_size, args.limit)
     rows: list[dict[str, Any]] = [{"checkpoint": f"real {args.split} images",
                                    **score(real["images"], real["masks"], segmenter, real["classes"], classifier), "kid": None}]
+    with torch.no_grad():  # the realism ceiling: the autoencoder's own reconstruction of the real images
+        reconstructed = models["autoencoder"].decode(models["autoencoder"].encode(real["images"].to(device))[0])
+    reconstructed = reconstructed.clamp(0, 1).cpu()
+    rows.append({"checkpoint": "autoencoder reconstruction", **score(reconstructed, real["masks"], segmenter,
+                                                                     real["classes"], classifier),
+                 "kid": kid(real["images"], reconstructed)})
     data = real if args.masks == "split" else ellipse_items(args.datalist, len(real["prompts"]), args.image_size)
     stage = models["ldms"] if models["mask_input"] else models["controlnets"]
     scales = [1.0] if models["mask_input"] else args.scales

@@ -211,7 +211,7 @@ class StageProgress:
         self._start = time.perf_counter()
         self._first_iteration = engine.state.iteration
         if self.max_seconds > 0:
-            total, unit = int(round(self.max_seconds)), "s"
+            total, unit = round(self.max_seconds), "s"
         else:
             total, unit = (engine.state.max_epochs or 1) * (engine.state.epoch_length or 1), "it"
         self._bar = tqdm(total=total, desc=self.name, unit=unit, file=self.stream, disable=not self.enabled,
