@@ -2,8 +2,8 @@
 
 On the embedded phantom (``busmonai phantom``) or a real BUSI folder (``--data``) it prepares the
 data at 64 px, trains every stage of the cpu profile's chain with a share of ``--minutes``
-(:data:`STAGE_PLAN`: the mask-input LDM on the lossless space-to-depth view, and the downstream
-segmenter and classifier used as judges), generates a labeled synthetic set from ellipse masks,
+(:data:`STAGE_PLAN`: the autoencoder, the mask-input LDM, and the downstream segmenter and
+classifier used as judges), generates a labeled synthetic set from ellipse masks,
 evaluates it (KID / FID against the real test images, mask adherence with the segmenter, label
 fidelity with the classifier, boundary curvature of masks) and writes a report folder:
 ``report.md``, ``report.json`` and PNG figures (``control_sheet.png``: masks, then the benign and
@@ -32,19 +32,18 @@ from PIL import Image
 from busmonai.errors import BusmonaiInputError
 
 STAGE_PLAN: tuple[tuple[str, tuple[str, ...], float, dict[str, Any]], ...] = (
-    ("autoencoder", ("train.json", "space_to_depth.json"), 0.0, {}),
-    ("ldm", ("train.json", "mask_input.json"), 0.65, {"batch_size": 16}),
+    ("autoencoder", ("train.json",), 0.15, {"batch_size": 16}),
+    ("ldm", ("train.json", "mask_input.json"), 0.50, {"batch_size": 16}),
     ("segmentation", ("train.json",), 0.05, {}),
     ("classification", ("train.json",), 0.07, {}),
 )
 """Each trained stage: the bundle, its config files (merged in order), its share of ``--minutes`` and
 the demo's overrides.
 
-The cpu profile's chain: the lossless space-to-depth view instead of a trained autoencoder (no
-training, nothing lost) and the LDM with the mask as an input channel instead of LDM + ControlNet,
-which at equal wall-clock adheres better (README, "Mask control"). With the phantom's 40 training
-images the LDM takes batches of 16 (more updates in the budget). The rest of the budget (23 %)
-covers data, synthesis and evaluation (about 15 % on the phantom)."""
+The cpu profile's chain: the autoencoder, then the LDM with the mask as an input channel instead of
+LDM + ControlNet, which at equal wall-clock adheres better (README, "Mask control"). With the
+phantom's 40 training images both take batches of 16 (more updates in the budget). The rest of
+the budget (23 %) covers data, synthesis and evaluation (about 20 % on the phantom)."""
 TRAINED = tuple(stage for stage, *_ in STAGE_PLAN)
 IMAGE_SIZE = 64
 DEMO_STEPS = 20
@@ -115,7 +114,8 @@ def _generate(out: Path, datalist: Path, n: int) -> dict[str, Any]:
                autoencoder_ckpt=str(runs / "autoencoder/model.pt"), ldm_ckpt=str(runs / "ldm/model.pt"))
     data = json.loads((target / "datalist.json").read_text())
     return {"n": len(data["training"]), "counts": data["counts"]["training"], "steps": DEMO_STEPS,
-            "guidance": data["settings"]["guidance"], "datalist": str(target / "datalist.json")}
+            "guidance": data["settings"]["guidance"], "mask_guidance": data["settings"].get("mask_guidance"),
+            "datalist": str(target / "datalist.json")}
 
 
 def _network(stage: str, out: Path) -> Any:
@@ -268,7 +268,7 @@ def render_report(report: dict[str, Any]) -> str:
     if "synthesis" in ok:
         s = ok["synthesis"]
         lines.append(f"{s['n']} images ({', '.join(f'{k} {v}' for k, v in s['counts'].items())}), "
-                     f"{s['steps']} DDIM steps, guidance {s['guidance']}.")
+                     f"{s['steps']} DDIM steps, text guidance {s['guidance']}, mask guidance {s.get('mask_guidance')}.")
         lines.append("")
     rows = []
     if "fid_kid" in ok:
