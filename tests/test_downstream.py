@@ -404,3 +404,21 @@ def test_local_pretrained_weights_adapt_to_one_channel(tmp_path: Path) -> None:
     torch.save({"unrelated": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(BusmonaiInputError, match="no tensor"):
         classifier("test_efficientnet", pretrained_weights=tmp_path / "other.pt")
+
+
+def test_validation_runs_every_val_interval_iterations(datalist32: Path, tmp_path: Path) -> None:
+    """Validation is scheduled by iterations, not epochs, so its cost does not depend on the dataset
+    size: with ``val_interval`` 3 it runs after iterations 3, 6, ... and once more at the end."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "seg"
+    run_bundle(["bundles/segmentation/configs/train.json"], datalist=str(datalist32), output_dir=str(out),
+               image_size=32, batch_size=2, max_epochs=2, val_interval=3, resume=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    iterations = metrics["iterations"]
+    assert iterations > 3 and iterations > metrics["epochs"]  # several iterations an epoch
+    events = EventAccumulator(str(out), size_guidance={"scalars": 0})
+    events.Reload()
+    validations = len(events.Scalars("val_dice"))
+    assert validations == iterations // 3 + (1 if iterations % 3 else 0), (iterations, validations)
+    assert [p.name for p in out.glob("resume_*.pt")] == ["resume_checkpoint_final=0.pt"]
