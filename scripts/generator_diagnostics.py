@@ -161,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     rows.append({"checkpoint": "autoencoder reconstruction", **score(reconstructed, real["masks"], segmenter,
                                                                      real["classes"], classifier),
                  "kid": kid(real["images"], reconstructed)})
+    training = test_items(args.datalist, "training", args.image_size, len(real["prompts"]))  # KID's floor
+    rows.append({"checkpoint": "real training images", **score(training["images"], training["masks"], segmenter,
+                                                              training["classes"], classifier),
+                 "kid": kid(real["images"], training["images"])})
     data = real if args.masks == "split" else ellipse_items(args.datalist, len(real["prompts"]), args.image_size)
     stage = models["ldms"] if models["mask_input"] else models["controlnets"]
     scales = [1.0] if models["mask_input"] else args.scales
