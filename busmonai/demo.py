@@ -268,7 +268,8 @@ def render_report(report: dict[str, Any]) -> str:
     if "synthesis" in ok:
         s = ok["synthesis"]
         lines.append(f"{s['n']} images ({', '.join(f'{k} {v}' for k, v in s['counts'].items())}), "
-                     f"{s['steps']} DDIM steps, text guidance {s['guidance']}, mask guidance {s.get('mask_guidance')}.")
+                     f"{s['steps']} DDIM steps, text guidance {s['guidance']}, mask guidance "
+                     f"{s.get('mask_guidance') or s['guidance']}.")
         lines.append("")
     rows = []
     if "fid_kid" in ok:

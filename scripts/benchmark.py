@@ -34,9 +34,15 @@ from typing import Any
 import torch
 
 STAGES = ("autoencoder", "ldm", "ldm_mask_input", "controlnet", "scmg", "classification", "segmentation")
-"""``ldm_mask_input`` is the demo's LDM: ``mask_input.json`` on the space-to-depth view (16 latent
-channels plus the mask channel), batches of 16."""
-DEMO_LDM = {"latent_channels": 16, "batch_size": 16}
+"""``ldm_mask_input`` is the cpu chain's LDM: ``mask_input.json`` (the mask as an extra input channel)."""
+
+
+def demo_overrides(stage: str) -> dict[str, Any]:
+    """The overrides ``busmonai demo`` trains ``stage`` with (``--demo``: the demo's raw step rates)."""
+    from busmonai.demo import STAGE_PLAN
+
+    bundle = "ldm" if stage == "ldm_mask_input" else stage
+    return next((dict(settings) for name, _, _, settings in STAGE_PLAN if name == bundle), {})
 TARGET_IMAGES_PER_S = 5.0
 TARGET_GEMM_FRACTION = 0.5
 TARGET_RSS_MB = 4096
@@ -85,12 +91,13 @@ def _unet_parts(stage: str, configs: tuple[str, ...] = ("train.json",), **overri
     return network, text_encoder, channels, size, batch
 
 
-def measure_training(stage: str, repeats: int) -> dict[str, Any]:
+def measure_training(stage: str, repeats: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Training samples/s of one stage's networks at its configured batch size."""
     if stage in ("ldm", "ldm_mask_input", "controlnet"):
         mask_input = stage == "ldm_mask_input"
         network, text_encoder, channels, size, batch = (
-            _unet_parts("ldm", ("train.json", "mask_input.json"), **DEMO_LDM) if mask_input else _unet_parts("ldm"))
+            _unet_parts("ldm", ("train.json", "mask_input.json"), **(overrides or {})) if mask_input
+            else _unet_parts("ldm", **(overrides or {})))
         context = text_encoder.encode(["breast ultrasound image of benign tumor with homogeneous echogenicity and clear boundary."] * batch)
         latents = torch.randn(batch, channels, size, size)
         timesteps = torch.randint(0, 1000, (batch,))
@@ -116,13 +123,13 @@ def measure_training(stage: str, repeats: int) -> dict[str, Any]:
                 return network(latents, timesteps=timesteps, context=context, down_block_additional_residuals=down,
                                mid_block_additional_residual=mid)
     elif stage == "autoencoder":
-        parser = _parser(stage)
+        parser = _parser(stage, **(overrides or {}))
         trained = parser.get_parsed_content("network_def")
         batch, size = parser.get_parsed_content("batch_size"), parser.get_parsed_content("image_size")
         images = torch.rand(batch, 1, size, size)
         forward = lambda: trained(images)[0]  # noqa: E731
     elif stage == "scmg":
-        parser = _parser(stage)
+        parser = _parser(stage, **(overrides or {}))
         trained = parser.get_parsed_content("generator_def")
         batch, size = parser.get_parsed_content("batch_size"), parser.get_parsed_content("image_size")
         z = torch.randn(batch, parser.get_parsed_content("latent_dim"))
@@ -131,7 +138,7 @@ def measure_training(stage: str, repeats: int) -> dict[str, Any]:
         boxes[:, :, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
         forward = lambda: trained(z, types, boxes)  # noqa: E731
     else:
-        parser = _parser(stage)
+        parser = _parser(stage, **(overrides or {}))
         trained = parser.get_parsed_content("network_def")
         batch, size = parser.get_parsed_content("batch_size"), parser.get_parsed_content("image_size")
         images = torch.rand(batch, 1, size, size)
@@ -203,7 +210,7 @@ def child(stage: str, args: argparse.Namespace) -> None:
     if stage == "sampling":
         result = measure_sampling(args.steps, args.batches)
     else:
-        result = measure_training(stage, args.repeats)
+        result = measure_training(stage, args.repeats, demo_overrides(stage) if args.demo else None)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     result["threads"] = torch.get_num_threads()
     print("BENCHMARK_JSON=" + json.dumps(result))
@@ -211,7 +218,7 @@ def child(stage: str, args: argparse.Namespace) -> None:
 
 def run_child(stage: str, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", stage, "--threads", str(args.threads), "--steps", str(args.steps),
-               "--repeats", str(args.repeats), "--batches", ",".join(map(str, args.batches))]
+               "--repeats", str(args.repeats), "--batches", ",".join(map(str, args.batches))] + (["--demo"] if args.demo else [])
     run = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in run.stdout.splitlines() if line.startswith("BENCHMARK_JSON=")]
     if run.returncode != 0 or not lines:
@@ -255,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[16, 32, 64])
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--demo", action="store_true",
+                        help="measure each stage with the overrides busmonai demo trains it with (batch sizes)")
     parser.add_argument("--stages", type=lambda s: s.split(","), default=list(STAGES),
                         help=f"comma-separated subset of {','.join(STAGES)} (and 'sampling')")
     args = parser.parse_args(argv)
