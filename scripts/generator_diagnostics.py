@@ -67,12 +67,16 @@ def ellipse_items(datalist: Path, n: int, image_size: int, seed: int = 1) -> dic
             "prompts": [e["prompt"] for e in entries], "classes": [e["class"] for e in entries]}
 
 
-def test_items(datalist: Path, split: str, image_size: int, limit: int | None) -> dict[str, Any]:
-    """Real held-out tumor images, their masks and prompts."""
+def test_items(datalist: Path, split: str, image_size: int, limit: int | None, spread: bool = True) -> dict[str, Any]:
+    """Real tumor images of ``split``, their masks and prompts: all, or ``limit`` of them (evenly
+    spaced with ``spread``, so that both classes of a class-sorted split are in; else the first)."""
     from busmonai.data.dataset import LoadPNGd, datalist_split
 
     items = datalist_split(datalist, split, ("benign", "malignant"), image_size,
-                           keys=("image", "mask", "prompt", "class"))[:limit]
+                           keys=("image", "mask", "prompt", "class"))
+    if spread and limit is not None and len(items) > limit:
+        items = [items[round(k * (len(items) - 1) / (limit - 1))] for k in range(limit)]
+    items = items[:limit]
     load = LoadPNGd(keys=("image", "mask"), image_size=image_size)
     loaded = [load(dict(item)) for item in items]
     return {"images": torch.stack([x["image"] for x in loaded]), "masks": torch.stack([x["mask"] for x in loaded]),
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append({"checkpoint": "autoencoder reconstruction", **score(reconstructed, real["masks"], segmenter,
                                                                      real["classes"], classifier),
                  "kid": kid(real["images"], reconstructed)})
-    training = test_items(args.datalist, "training", args.image_size, len(real["prompts"]))  # KID's floor
+    training = test_items(args.datalist, "training", args.image_size, len(real["prompts"]))  # the KID floor
     rows.append({"checkpoint": "real training images", **score(training["images"], training["masks"], segmenter,
                                                               training["classes"], classifier),
                  "kid": kid(real["images"], training["images"])})
