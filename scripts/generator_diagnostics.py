@@ -11,9 +11,10 @@ own prompt and a fixed seed) for every combination of
 segment every image with a segmenter trained on **real images only** (never one a loss used) and
 print the Dice with the image's own mask, the Dice with another image's mask (the shuffled-mask
 control: the mask's real effect is own minus control), and KID against the real held-out images
-for the best setting; the autoencoder's reconstruction of the real images gives the chain's ceiling
-(no generator on that latent space can score a lower KID). With ``--masks ellipse`` the masks are elliptic ones that no network has seen
-(as many as the held-out tumors, with prompts drawn as ``busmonai generate`` draws them): sampling
+for the best setting. Two reference rows: the autoencoder's reconstruction of the real images (what
+its decoder makes of real latents: the chain's realism ceiling) and as many real training images
+(KID's floor). With ``--masks ellipse`` the masks are elliptic ones that no network has seen (as
+many as the held-out tumors, with prompts drawn as ``busmonai generate`` draws them): sampling
 settings are chosen on these, and the held-out split only reports. Text-only generation is the
 floor: its own-mask Dice is what any lesion prior scores without looking at the mask.
 
@@ -157,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         load_network(args.classifier, "classifier", "classification").eval(), "auto")
     models = load_models(args.run, device)
     real = test_items(args.datalist, args.split, args.image_size, args.limit)
-    rows: list[dict[str, Any]] = [{"checkpoint": f"real {args.split} images",
-                                   **score(real["images"], real["masks"], segmenter, real["classes"], classifier), "kid": None}]
+    rows: list[dict[str, Any]] = [{"checkpoint": f"real {args.split} images", "kid": None,
+                                   **score(real["images"], real["masks"], segmenter, real["classes"], classifier)}]
     with torch.no_grad():  # the realism ceiling: the autoencoder's own reconstruction of the real images
         reconstructed = models["autoencoder"].decode(models["autoencoder"].encode(real["images"].to(device))[0])
     reconstructed = reconstructed.clamp(0, 1).cpu()

@@ -29,7 +29,6 @@ def latent_shape(autoencoder: nn.Module, image_size: int, image_channels: int = 
     return tuple(int(v) for v in z_mu.shape[1:])  # type: ignore[return-value]
 
 
-
 class Reconstruction(nn.Module):
     """``AutoencoderKL``: image -> reconstruction (the first of ``(recon, z_mu, z_sigma)``)."""
 
