@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from bundle_runner import AE_TRAIN, LDM_TRAIN, TINY_UNET, run_bundle
 from busmonai.networks.described import load_network, read_record
 from busmonai.networks.io_check import latent_shape
 from busmonai.networks.space_to_depth import SpaceToDepth
-from tests.bundle_runner import AE_TRAIN, LDM_TRAIN, TINY_UNET, run_bundle
 
 S2D = "bundles/autoencoder/configs/space_to_depth.json"
 MASK_INPUT = "bundles/ldm/configs/mask_input.json"
