@@ -9,7 +9,6 @@ copied anywhere runs from any working directory. ``bundle_root`` defaults to
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,8 +115,9 @@ def _log_to(path: str | Path | None) -> Iterator[Callable[[], None]]:
         loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values()
                                           if isinstance(v, logging.Logger))]
         for logger in loggers:
-            console = [h for h in logger.handlers if type(h) is logging.StreamHandler
-                       and getattr(h, "stream", None) in (sys.stdout, sys.stderr)]
+            # plain stream handlers print on the terminal (file handlers are subclasses, kept);
+            # some hold a stdout object that has since been replaced, so streams are not compared
+            console = [h for h in logger.handlers if type(h) is logging.StreamHandler]
             if console:
                 moved[logger] = console
                 logger.handlers = [h for h in logger.handlers if h not in console] + [file_handler]

@@ -11,10 +11,10 @@ import busmonai.demo as demo
 from busmonai.cli import main
 
 
-def test_demo_one_minute_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_one_minute_writes_report(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--minutes", "1", "--out", str(out)]) == 0
-    printed = capsys.readouterr()
+    printed = capfd.readouterr()  # file-descriptor level: MONAI's loggers keep the stdout of import time
     lines = printed.out.strip().splitlines()
     assert "report.md" in lines[-1]
     assert "[demo] ldm: ok" in printed.out and "Epoch" not in printed.out + printed.err  # bars, not logs
