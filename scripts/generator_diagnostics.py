@@ -120,12 +120,9 @@ def score(images: torch.Tensor, masks: torch.Tensor, segmenter: Any, classes: li
 
 
 def kid(real: torch.Tensor, fake: torch.Tensor) -> float:
-    from busmonai.metrics.fid import kid_from_features
-    from busmonai.metrics.inception import inception_features
+    from busmonai.metrics.fid import kid_of_images
 
-    f_real = inception_features(real[:, 0].numpy() * 255.0)
-    f_fake = inception_features(fake[:, 0].numpy() * 255.0)
-    return float(kid_from_features(f_real, f_fake)[0])
+    return kid_of_images(real[:, 0].numpy(), fake[:, 0].numpy())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,7 @@ class ControlNetTrainer(DiffusionTrainer):
         getattr(self.network, "module", self.network).eval()
 
     def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                      batch: dict[str, Any]) -> torch.Tensor:
+                      batch: dict[str, Any], mask_kept: torch.Tensor | None = None) -> torch.Tensor:
         masks = batch["mask"].to(noisy.device)
         down, mid = self.controlnet(x=noisy, timesteps=timesteps, controlnet_cond=masks,
                                     conditioning_scale=self.conditioning_scale, context=context)

@@ -19,6 +19,7 @@ from monai.networks.schedulers import Scheduler
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from busmonai.engines.consistency import SegmentationConsistency
 from busmonai.networks.latent_diffusion import MASK_FILL
 
 UNCONDITIONAL_FILL = -1.0
@@ -130,6 +131,8 @@ class DiffusionTrainer(Trainer):
         mask_dropout: for a mask-input network (``mask_channels`` 1): probability of replacing a
             sample's mask by the "no mask" fill, independently of the prompt dropout, so that mask
             and text can be guided separately.
+        consistency: a :class:`busmonai.engines.consistency.SegmentationConsistency` (ControlNet++)
+            added to the loss with its weight (needs ``mask`` in the batches), or None.
         **kwargs: passed to ``monai.engines.Trainer`` (``train_handlers``, ``epoch_length``...).
     """
 
@@ -151,6 +154,7 @@ class DiffusionTrainer(Trainer):
         lesion_weight: float = 0.0,
         timestep_power: float = 1.0,
         mask_dropout: float = 0.1,
+        consistency: SegmentationConsistency | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("decollate", False)
@@ -172,6 +176,7 @@ class DiffusionTrainer(Trainer):
         if not 0.0 <= mask_dropout <= 1.0:
             raise ValueError(f"mask_dropout must be in [0, 1], got {mask_dropout}")
         self.mask_dropout = float(mask_dropout)
+        self.consistency = consistency
         sample_timesteps(1, 2, self.timestep_power)  # validates the power
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -186,18 +191,27 @@ class DiffusionTrainer(Trainer):
         """Put the trained modules in training mode."""
         self.network.train()
 
+    def draw_mask_kept(self, batch_size: int) -> torch.Tensor | None:
+        """For a mask-input network: ``(B,)`` True where the sample keeps its mask (mask dropout);
+        None for a network that does not read a mask channel (the ControlNet always sees it)."""
+        if not getattr(getattr(self.network, "module", self.network), "mask_channels", 0):
+            return None
+        if self.mask_dropout <= 0:
+            return torch.ones(batch_size, dtype=torch.bool)
+        return torch.rand(batch_size, generator=self.generator) >= self.mask_dropout
+
     def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                      batch: dict[str, Any]) -> torch.Tensor:
-        """The network's noise prediction (with the batch's masks for a mask-input network)."""
+                      batch: dict[str, Any], mask_kept: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's noise prediction (with the batch's masks for a mask-input network, replaced
+        by the "no mask" fill where ``mask_kept`` is False)."""
         model = getattr(self.network, "module", self.network)
         if getattr(model, "mask_channels", 0):
             if "mask" not in batch:
                 raise ValueError("a mask-input LDM (mask_channels 1) needs 'mask' in the training batches")
             channel = model.mask_input(batch["mask"].to(noisy.device), noisy)
-            if self.mask_dropout > 0:
-                drop = torch.rand(noisy.shape[0], generator=self.generator) < self.mask_dropout
-                channel = torch.where(drop.to(noisy.device).view(-1, 1, 1, 1), torch.full_like(channel, MASK_FILL),
-                                      channel)
+            if mask_kept is not None:
+                channel = torch.where(mask_kept.to(noisy.device).view(-1, 1, 1, 1), channel,
+                                      torch.full_like(channel, MASK_FILL))
             return self.network(noisy, timesteps=timesteps, context=context, mask=channel)
         return self.network(noisy, timesteps=timesteps, context=context)
 
@@ -213,9 +227,10 @@ class DiffusionTrainer(Trainer):
         noisy = engine.noise_scheduler.add_noise(original_samples=latents, noise=noise, timesteps=timesteps)
         context = drop_context(engine.context_fn(list(batchdata["prompt"])).to(device),
                                engine.condition_dropout, engine.generator)
+        mask_kept = engine.draw_mask_kept(latents.shape[0])
         engine.train_mode()
         engine.optimizer.zero_grad(set_to_none=True)
-        prediction = engine.predict_noise(noisy, timesteps, context, batchdata)
+        prediction = engine.predict_noise(noisy, timesteps, context, batchdata, mask_kept)
         error = (prediction.float() - noise.float()).pow(2)
         if engine.lesion_weight > 0:
             if "mask" not in batchdata:
@@ -226,13 +241,21 @@ class DiffusionTrainer(Trainer):
         else:
             per_sample = error.mean(dim=list(range(1, noise.ndim)))
         loss = (per_sample * min_snr_weights(engine.noise_scheduler, timesteps, engine.min_snr_gamma)).mean()
+        output = {"mse": per_sample.mean().item()}
+        if engine.consistency is not None:
+            if "mask" not in batchdata:
+                raise ValueError("a consistency loss (consistency_weight > 0) needs 'mask' in the training batches")
+            term = engine.consistency(noisy, prediction, timesteps, batchdata["mask"].to(device),
+                                      engine.noise_scheduler, model.scale_factor, mask_kept)
+            loss = loss + engine.consistency.weight * term
+            output["consistency"] = term.item()
         loss.backward()
         if engine.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(engine.trainable_parameters(), engine.grad_clip)
         engine.optimizer.step()
         if engine.ema is not None:
             engine.ema.update_parameters(engine.ema_source())
-        return {"loss": loss.item(), "mse": per_sample.mean().item()}
+        return {"loss": loss.item(), **output}
 
 
 def make_context_fn(text_encoder: nn.Module, prompts: Sequence[str]) -> Callable[[Sequence[str]], torch.Tensor]:

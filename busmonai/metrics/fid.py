@@ -36,7 +36,7 @@ import numpy as np
 from scipy import linalg
 
 from busmonai.errors import BusmonaiInputError
-from busmonai.metrics.inception import FeatureSet, compute_features, find_cached
+from busmonai.metrics.inception import FeatureSet, compute_features, find_cached, inception_features
 from busmonai.metrics.sources import image_source, is_datalist, load_image_stack
 
 SQRTM_EPS = 1e-6
@@ -215,3 +215,10 @@ def compute_fid_kid(
         "fake": str(fake),
         "cache": {k.lower(): (str(v.cache) if v.cache else None) for k, v in done.items()},
     }
+
+
+def kid_of_images(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> float:
+    """KID between two in-memory stacks of greyscale images ``(N, H, W)`` in [0, 1]."""
+    f_real = inception_features(np.asarray(real, dtype=np.float32) * 255.0)
+    f_fake = inception_features(np.asarray(fake, dtype=np.float32) * 255.0)
+    return kid_from_features(f_real, f_fake, seed=seed)[0]
