@@ -100,20 +100,22 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if not sep:
             raise BusmonaiInputError(f"--set {item!r}: expected KEY=VALUE (VALUE as JSON), e.g. --set unet_channels=[32,64,128]")
         overrides[key] = _json_value(value)
-    def default(key: str) -> Path:
-        return Path(str(overrides.get(key) or Path.cwd() / "runs" / key.split("_")[0] / "model.pt"))
+    from busmonai.pipeline import CHECKPOINT_KEYS, product_path, synthesis_needs
+
+    def default(stage: str) -> Path:
+        return Path(str(overrides.get(CHECKPOINT_KEYS[stage]) or product_path(Path.cwd() / "runs", stage)))
 
     mask_input = False
-    if default("ldm_ckpt").is_file():
+    if default("ldm").is_file():
         from busmonai.networks.described import part_description
 
-        mask_input = bool(part_description(default("ldm_ckpt"), "ldm_ckpt", "ldm").get("mask_channels", 0))
-    needed = ("autoencoder_ckpt", "ldm_ckpt") + (("controlnet_ckpt",) if args.mode != "text" and not mask_input
-                                                 else ()) + (("scmg_ckpt",) if args.mask_source == "scmg" else ())
-    for key in needed:
-        path = default(key)
+        mask_input = bool(part_description(default("ldm"), "ldm_ckpt", "ldm").get("mask_channels", 0))
+    for stage in synthesis_needs(args.mode, args.mask_source, mask_input):
+        key = CHECKPOINT_KEYS[stage]
+        path = default(stage)
         if not path.is_file():
-            raise BusmonaiInputError(f"{path}: checkpoint not found for --{key.replace('_', '-')}; train that stage first")
+            raise BusmonaiInputError(f"{path}: checkpoint not found for --{key.replace('_', '-')}; "
+                                     f"train bundles/{stage} first or give --{key.replace('_', '-')}")
         overrides[key] = str(path.resolve())
     if "datalist" not in overrides:
         overrides["datalist"] = str(Path("data/prepared/datalist.json").resolve())

@@ -84,35 +84,30 @@ class _Steps:
 
 def _train(stage: str, configs: tuple[str, ...], out: Path, datalist: Path, minutes: float,
            progress: bool = True, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    from busmonai.bundles import bundle_config, run_config
     from busmonai.engines.handlers import StageProgress
+    from busmonai.pipeline import train_stage
 
     folder = out / "runs" / stage
-    overrides: dict[str, Any] = {"datalist": str(datalist), "output_dir": str(folder), "max_minutes": minutes,
-                                 "resume": False, **(settings or {})}
-    if stage == "ldm":
-        overrides["autoencoder_ckpt"] = str(out / "runs" / "autoencoder" / "model.pt")
     bar = StageProgress(stage, minutes, enabled=progress)
-    run_config([bundle_config(stage, name) for name in configs], log_file=folder / "train.log",
-               trainer_handlers=(bar,) if minutes > 0 else (), **overrides)
-    metrics = json.loads((folder / "metrics.json").read_text())
-    if not (folder / "model.pt").is_file():
-        raise RuntimeError(f"{stage} wrote no model.pt")
-    return {"budget_minutes": round(minutes, 2), "iterations": metrics.get("iterations"),
+    record = train_stage(stage, out / "runs", datalist, configs, minutes, settings, log_file=folder / "train.log",
+                         trainer_handlers=(bar,) if minutes > 0 else ())
+    return {"budget_minutes": round(minutes, 2), "iterations": record["iterations"],
             "iterations_per_second": bar.summary.get("iterations_per_second"),
-            "validation": metrics.get("validation", {}), "loss": metrics.get("loss"), "log": str(folder / "train.log")}
+            "validation": record["validation"], "loss": record["loss"], "log": str(folder / "train.log")}
 
 
 def _generate(out: Path, datalist: Path, n: int) -> dict[str, Any]:
     from busmonai.bundles import bundle_config, run_config
+    from busmonai.pipeline import CHECKPOINT_KEYS, product_path, synthesis_needs
 
     runs = out / "runs"
     target = out / "synthetic"
     if target.exists():
         shutil.rmtree(target)
-    run_config([bundle_config("controlnet", "inference.json")], log_file=target.parent / "runs" / "synthesis.log",
+    checkpoints = {CHECKPOINT_KEYS[need]: str(product_path(runs, need)) for need in synthesis_needs(mask_input=True)}
+    run_config([bundle_config("controlnet", "inference.json")], log_file=runs / "synthesis.log",
                datalist=str(datalist), output_dir=str(target), n=n, steps=DEMO_STEPS, mask_source="ellipse",
-               autoencoder_ckpt=str(runs / "autoencoder/model.pt"), ldm_ckpt=str(runs / "ldm/model.pt"))
+               **checkpoints)
     data = json.loads((target / "datalist.json").read_text())
     return {"n": len(data["training"]), "counts": data["counts"]["training"], "steps": DEMO_STEPS,
             "guidance": data["settings"]["guidance"], "mask_guidance": data["settings"].get("mask_guidance"),
@@ -122,7 +117,9 @@ def _generate(out: Path, datalist: Path, n: int) -> dict[str, Any]:
 def _network(stage: str, out: Path) -> Any:
     from busmonai.metrics import sources
 
-    network = sources.load_network(out / "runs" / stage / "model.pt", None, stage)  # self-describing
+    from busmonai.pipeline import product_path
+
+    network = sources.load_network(product_path(out / "runs", stage), None, stage)  # self-describing
     return sources.probability_fn(network, "auto")
 
 
@@ -196,14 +193,14 @@ def run_demo(out: str | Path, data: str | Path | None = None, minutes: float = 1
         return {"source": "phantom" if data is None else str(data), "counts": prepared["counts"]}
 
     steps.run("data", (), prepare)
-    needs = {"autoencoder": ("data",), "ldm": ("autoencoder",), "segmentation": ("data",),
-             "classification": ("data",)}
+    from busmonai.pipeline import STAGES, synthesis_needs
+
     for stage, configs, share, settings in STAGE_PLAN:
-        steps.run(stage, needs[stage], lambda stage=stage, configs=configs, share=share, settings=settings: _train(
+        steps.run(stage, ("data", *STAGES[stage].needs), lambda stage=stage, configs=configs, share=share, settings=settings: _train(
             stage, configs, out, datalist, share * minutes, progress, settings))
     training = json.loads(datalist.read_text())["training"] if datalist.is_file() else []
     n_generate = max(16, 2 * sum(1 for i in training if i["class"] in ("benign", "malignant")) if minutes >= 5 else 16)
-    steps.run("synthesis", ("ldm",), lambda: _generate(out, datalist, n_generate))
+    steps.run("synthesis", synthesis_needs(mask_input=True), lambda: _generate(out, datalist, n_generate))
     synthetic = out / "synthetic" / "datalist.json"
 
     def fid() -> dict[str, Any]:

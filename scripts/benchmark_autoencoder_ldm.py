@@ -27,21 +27,19 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def train_autoencoder(datalist: Path, out: Path, minutes: float, extra: dict) -> dict:
     """Train the autoencoder bundle in a child process; return its metrics, time and peak RSS (MB)."""
-    from busmonai.bundles import bundle_config, run_bundle_process
+    from busmonai.pipeline import train_stage
 
-    process = run_bundle_process([bundle_config("autoencoder", "train.json")],
-                                 {"datalist": str(datalist), "output_dir": str(out), "max_minutes": minutes,
-                                  "resume": False, **extra})
-    metrics = json.loads((out / "metrics.json").read_text())
-    return {"wall_seconds": process["seconds"], "train_seconds": metrics["seconds"],
+    trained = train_stage("autoencoder", out.parent, datalist, minutes=minutes, overrides=extra, output_dir=out,
+                          process=True)
+    metrics = trained["metrics"]
+    return {"wall_seconds": trained["seconds"], "train_seconds": metrics["seconds"],
             "iterations": metrics["iterations"], "epochs": metrics["epochs"],
             "val_psnr": metrics["validation"]["val_psnr"], "val_ssim": metrics["validation"]["val_ssim"],
-            "best_psnr": metrics["best_metric"], "peak_rss_mb": process["peak_rss_mb"]}
+            "best_psnr": metrics["best_metric"], "peak_rss_mb": trained["peak_rss_mb"]}
 
 
 def ldm_throughput(datalist: Path, autoencoder_ckpt: Path, steps: int, batch_size: int) -> dict:
@@ -87,7 +85,7 @@ def ldm_throughput(datalist: Path, autoencoder_ckpt: Path, steps: int, batch_siz
                     latents, _ = autoencoder.encode(batch)
             else:
                 latents = cache["latents"][index]
-            trainer._iteration(trainer, {"latent": latents, "prompt": prompts})
+            trainer.train_step({"latent": latents, "prompt": prompts})
         return steps / (time.perf_counter() - start)
 
     run(False)  # warm-up

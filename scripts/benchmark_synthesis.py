@@ -25,28 +25,20 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ("autoencoder", "ldm", "controlnet")
 
 
 def train_stage(stage: str, datalist: Path, out: Path, minutes: float, reuse: bool) -> dict:
     """Train one bundle in a subprocess; return time, iterations and peak RSS (MB)."""
-    folder = out / stage
-    record = folder / "benchmark_stage.json"
-    if reuse and record.is_file() and (folder / "model.pt").is_file():
-        return json.loads(record.read_text())
-    from busmonai.bundles import bundle_config, run_bundle_process
+    from busmonai.pipeline import product_path
+    from busmonai.pipeline import train_stage as train
 
-    overrides = {"datalist": str(datalist), "output_dir": str(folder), "max_minutes": minutes, "resume": False}
-    if stage != "autoencoder":
-        overrides["autoencoder_ckpt"] = str(out / "autoencoder" / "model.pt")
-    if stage == "controlnet":
-        overrides["ldm_ckpt"] = str(out / "ldm" / "model.pt")
-    process = run_bundle_process([bundle_config(stage, "train.json")], overrides)
-    metrics = json.loads((folder / "metrics.json").read_text())
-    result = {"wall_seconds": process["seconds"], "iterations": metrics["iterations"],
-              "epochs": metrics["epochs"], "peak_rss_mb": process["peak_rss_mb"],
-              "last_loss": metrics.get("loss"), "validation": metrics.get("validation")}
+    record = out / stage / "benchmark_stage.json"
+    if reuse and record.is_file() and product_path(out, stage).is_file():
+        return json.loads(record.read_text())
+    trained = train(stage, out, datalist, minutes=minutes, process=True)
+    result = {"wall_seconds": trained["seconds"], "iterations": trained["iterations"], "epochs": trained["epochs"],
+              "peak_rss_mb": trained["peak_rss_mb"], "last_loss": trained["loss"], "validation": trained["validation"]}
     record.write_text(json.dumps(result, indent=1))
     return result
 
@@ -54,13 +46,13 @@ def train_stage(stage: str, datalist: Path, out: Path, minutes: float, reuse: bo
 def generate_mode(out: Path, datalist: Path, mode: str, n: int, steps: int, guidance: float, batch_size: int) -> dict:
     """Generate ``n`` images in one ablation mode; return images/s and the output folder."""
     from busmonai.bundles import bundle_config, run_config
+    from busmonai.pipeline import CHECKPOINT_KEYS, product_path, synthesis_needs
     from busmonai.synthesis.generate import generate_dataset, write_sheet
 
     target = out / f"synthetic_{mode}"
     overrides = {"datalist": str(datalist), "output_dir": str(target), "mode": mode, "n": n, "steps": steps,
                  "guidance": guidance, "batch_size": batch_size, "mask_source": "real",
-                 "autoencoder_ckpt": str(out / "autoencoder/model.pt"), "ldm_ckpt": str(out / "ldm/model.pt"),
-                 "controlnet_ckpt": str(out / "controlnet/model.pt")}
+                 **{CHECKPOINT_KEYS[need]: str(product_path(out, need)) for need in synthesis_needs()}}
     workflow = run_config([bundle_config("controlnet", "inference.json")], run=False, **overrides)
     settings = workflow.parser.get_parsed_content("settings")
     models = workflow.parser.get_parsed_content("models")

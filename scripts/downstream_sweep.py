@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -53,7 +52,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from busmonai.bundles import bundle_config, run_config
+
 PRIMARY = {"classification": ("auc", "f1"), "segmentation": ("dice",)}
 DEFAULT_NETWORK = {"classification": "efficientnet_b0", "segmentation": "unet"}
 GOAL = {"auc": 0.02, "dice": 0.01}
@@ -106,24 +106,6 @@ def load_results(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _run_config(configs: Sequence[str], overrides: Mapping[str, Any]) -> Any:
-    """Run bundle configs in-process from the repository root (as ``python -m monai.bundle run``)."""
-    from monai.bundle import ConfigWorkflow
-
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        files = [str(REPO / c) for c in configs]
-        workflow = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=None,
-                                  **dict(overrides))
-        workflow.initialize()
-        workflow.run()
-        workflow.finalize()
-        return workflow
-    finally:
-        os.chdir(cwd)
-
-
 def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, augment: str, seed: int) -> dict:
     """Train and evaluate one cell; return its result row."""
     cell_dir = Path(args.out).resolve() / args.task / network / f"r{token}" / f"s{seed}"
@@ -140,17 +122,17 @@ def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, a
     elif args.minutes > 0:
         train["max_epochs"] = 100000
     start = time.perf_counter()
-    configs = [f"bundles/{args.task}/configs/train.json"]
+    configs = [bundle_config(args.task, "train.json")]
     if token == ADAPTIVE:
-        configs.append(f"bundles/{args.task}/configs/adaptive_sampler.json")
-    _run_config(configs, train)
+        configs.append(bundle_config(args.task, "adaptive_sampler.json"))
+    run_config(configs, **train)
     trained = json.loads((cell_dir / "metrics.json").read_text())
     evaluate = {**{k: v for k, v in common.items() if k in args.eval_keys or k in ("image_size", "network_name",
                                                                                        "seed", "output_dir")},
                 "datalist": str(Path(args.datalist).resolve())}
     if args.task == "segmentation":
         evaluate["external_datalists"] = [str(Path(p).resolve()) for p in args.external]
-    _run_config([f"bundles/{args.task}/configs/evaluate.json"], evaluate)
+    run_config([bundle_config(args.task, "evaluate.json")], **evaluate)
     tested = json.loads((cell_dir / "test_metrics.json").read_text())
     sets = {name: {k: v for k, v in entry.items() if k not in ("counts",)}
             for name, entry in tested.items() if isinstance(entry, dict) and "n" in entry}

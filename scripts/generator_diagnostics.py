@@ -39,9 +39,10 @@ import torch
 def load_models(run: Path, device: str) -> dict[str, Any]:
     """The chain's networks from ``run/<stage>/model*.pt`` (self-describing checkpoints)."""
     from busmonai.networks.described import build_part, load_network
+    from busmonai.pipeline import product_path
 
-    ae = load_network(run / "autoencoder" / "model.pt", "autoencoder_ckpt", "autoencoder").to(device).eval()
-    ldm_path = run / "ldm" / "model.pt"
+    ae = load_network(product_path(run, "autoencoder"), "autoencoder_ckpt", "autoencoder").to(device).eval()
+    ldm_path = product_path(run, "ldm")
     ldms = {"ema": load_network(ldm_path, "ldm_ckpt", "ldm").to(device).eval()}
     if (run / "ldm" / "model_raw.pt").is_file():
         ldms["raw"] = load_network(run / "ldm" / "model_raw.pt", "ldm_ckpt", "ldm").to(device).eval()

@@ -98,17 +98,10 @@ def held_out(datalist: Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------- training
 
 
-def run_stage(configs: list[str], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A bundle in a child process (``python -m monai.bundle run``): time and peak memory."""
-    from busmonai.bundles import bundle_config, run_bundle_process
-
-    files = [bundle_config(*c.split("/")) for c in configs]
-    return run_bundle_process(files, {k: v for k, v in overrides.items()})
-
-
 def ensure_base(args: argparse.Namespace) -> tuple[Path, Path]:
     """Paths of the base autoencoder and LDM, trained on the source if missing and allowed."""
     from busmonai.errors import BusmonaiInputError
+    from busmonai.pipeline import product_path, train_stage
 
     ae, ldm = args.autoencoder_ckpt.resolve(), args.ldm_ckpt.resolve()
     if ae.is_file() and ldm.is_file():
@@ -120,42 +113,43 @@ def ensure_base(args: argparse.Namespace) -> tuple[Path, Path]:
     source = source_datalist(args).resolve()
     base = args.out / "base"
     if not ae.is_file():
-        ae = base / "autoencoder" / "model.pt"
+        ae = product_path(base, "autoencoder")
         if not ae.is_file():
             log(f"training the base autoencoder on {source} for {args.train_base_minutes} min")
-            run_stage(["autoencoder/train.json"], {"datalist": str(source), "output_dir": str(ae.parent),
-                                                   "max_minutes": args.train_base_minutes, "resume": False})
+            train_stage("autoencoder", base, source, minutes=args.train_base_minutes, process=True)
     if not ldm.is_file():
-        ldm = base / "ldm" / "model.pt"
+        ldm = product_path(base, "ldm")
         if not ldm.is_file():
             log(f"training the base LDM on {source} for {args.train_base_minutes} min")
-            run_stage(["ldm/train.json"], {"datalist": str(source), "output_dir": str(ldm.parent),
-                                           "autoencoder_ckpt": str(ae), "max_minutes": args.train_base_minutes,
-                                           "resume": False})
+            train_stage("ldm", base, source, minutes=args.train_base_minutes, process=True,
+                        overrides={"autoencoder_ckpt": str(ae)})
     return ae, ldm
 
 
 def train_arm(arm: str, rank: int | None, args: argparse.Namespace, target: Path, ae: Path, ldm: Path) -> dict:
     """Train one adapted arm; returns its run record (seconds, peak memory, iterations, trainable)."""
+    from busmonai.pipeline import train_stage
+
     folder = args.out / arm
-    common = {"datalist": str(target), "output_dir": str(folder), "autoencoder_ckpt": str(ae),
-              "max_minutes": args.minutes, "resume": False, "seed": args.seed, "preview_interval": 10_000}
+    common = {"autoencoder_ckpt": str(ae), "seed": args.seed, "preview_interval": 10_000}
     if rank is None:  # full fine-tune from the base weights, keeping the base latent scale
         overrides = {**common, "lr": args.full_lr, "warmup_steps": 50, "ema_decay": args.ema_decay,
                      "network": f"$busmonai.networks.described.load_network({str(ldm)!r}, 'ldm_ckpt', 'ldm')"
                                 ".to(@device)",
                      "initialize": ["$monai.utils.set_determinism(seed=@seed)",
                                     "$pathlib.Path(@output_dir).mkdir(parents=True, exist_ok=True)"]}
-        record = run_stage(["ldm/train.json"], overrides)
+        trained = train_stage("ldm", args.out, target, minutes=args.minutes, overrides=overrides, output_dir=folder,
+                              process=True)
     else:
         overrides = {**common, "ldm_ckpt": str(ldm), "lora_rank": rank, "lora_targets": args.targets,
                      "lr": args.lora_lr, "ema_decay": args.ema_decay}
-        record = run_stage(["lora/train.json"], overrides)
-    metrics = json.loads((folder / "metrics.json").read_text())
-    record.update(iterations=metrics.get("iterations"), final_loss=metrics.get("loss"))
+        trained = train_stage("lora", args.out, target, minutes=args.minutes, overrides=overrides, output_dir=folder,
+                              process=True)
+    record = {"seconds": trained["seconds"], "peak_rss_mb": trained["peak_rss_mb"],
+              "iterations": trained["iterations"], "final_loss": trained["loss"]}
     if rank is not None:
-        record["trainable_parameters"] = metrics["trainable_parameters"]
-        record["adapter_bytes"] = (folder / "adapter.safetensors").stat().st_size
+        record["trainable_parameters"] = trained["metrics"]["trainable_parameters"]
+        record["adapter_bytes"] = Path(trained["product"]).stat().st_size
     return record
 
 

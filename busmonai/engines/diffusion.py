@@ -215,6 +215,10 @@ class DiffusionTrainer(Trainer):
             return self.network(noisy, timesteps=timesteps, context=context, mask=channel)
         return self.network(noisy, timesteps=timesteps, context=context)
 
+    def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """One optimizer step on ``batch`` outside ``run()`` (benchmarks): the iteration's output."""
+        return self._iteration(self, batch)
+
     def _iteration(self, engine: DiffusionTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("must provide batch data for current iteration.")
