@@ -1,6 +1,6 @@
 """Real:synthetic ratio sweep of the downstream bundles: do synthetic images help diagnosis models?
 
-The papers' downstream tables (METHOD.md section 6): the journal paper (Breast Ultrasound Tumor
+The papers' downstream tables (docs/method.md section 6): the journal paper (Breast Ultrasound Tumor
 Generation via Mask Generator and Text-Guided Network, Medical Image Analysis 2025) adds
 synthetic images at 25 / 50 / 100 / 200 % of the real training set, CP (Clinical Prior-Guided
 Tumor Generation for Breast Ultrasound, MICCAI 2025) at real:synthetic 1:1 ... 1:8, and both

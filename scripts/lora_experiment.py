@@ -1,7 +1,7 @@
 """Cross-domain adaptation experiment: base vs full fine-tune vs LoRA r = 2, 4, 8 (issue 8).
 
 CP (MICCAI 2025) adapts its BUSI-trained generator to UDIAT with LoRA on the UNet's attention
-projections and reports FID / KID / trainable parameters (METHOD.md section 5): no adaptation
+projections and reports FID / KID / trainable parameters (docs/method.md section 5): no adaptation
 10.022 / 0.030; full fine-tune 8.088 / 0.024 / 859.52M; LoRA r=2 7.921 / 0.022 / 0.40M, r=4
 7.599 / 0.020 / 0.80M, r=8 7.316 / 0.019 / 1.59M (MEDDAP picks r=4; LoRA: Hu et al. 2021).
 

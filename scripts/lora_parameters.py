@@ -1,7 +1,7 @@
 """Trainable parameters of LoRA (r = 2, 4, 8) next to full fine-tuning of the LDM UNet (issue 8).
 
 Prints the table in the shape of CP (MICCAI 2025) Table "cross-domain adaptation" / MEDDAP's rank
-study (METHOD.md section 5): for each UNet, full fine-tuning, then LoRA on all attention
+study (docs/method.md section 5): for each UNet, full fine-tuning, then LoRA on all attention
 projections (q, k, v, out of self- and cross-attention, CP) and on cross-attention only (MEDDAP)
 at ranks 2, 4 and 8. Counts are ``sum r (d_in + d_out)`` over the targeted Linear layers
 (Hu et al. 2021, :func:`busmonai.networks.lora.lora_parameter_count`); the UNets are built on the

@@ -2,7 +2,7 @@
 
 Public BUS datasets carry no echogenicity or boundary labels (BrEaST excepted), so the prompts of
 CP (MICCAI 2025) and the SCMG paper (Medical Image Analysis 2025) need them derived from pixels
-(METHOD.md section 3). The rule, applied to the prepared (resized, single-channel) image:
+(docs/method.md section 3). The rule, applied to the prepared (resized, single-channel) image:
 
 1. The image is smoothed with a Gaussian of ``SMOOTH_SIGMA`` px to damp single-pixel speckle and
    normalised by its own standard deviation ``s`` over the whole image (gain-free).

@@ -10,7 +10,7 @@ reports malignant > benign on real masks, and trains its mask generator with
 ``L_cur = |kappa_gen - kappa_target|``. The CP paper (MICCAI 2025, "Clinical Prior-Guided Tumor
 Generation for Breast Ultrasound with Cross Domain Adaptation") uses the same notion of
 irregularity for its elastic-ellipse masks. Applied literally to raw binary masks the formula
-measures the pixel staircase and the lesion size rather than the shape (METHOD.md section 4:
+measures the pixel staircase and the lesion size rather than the shape (docs/method.md section 4:
 wrong class order on BUSI). This module defines the one measure busmonai uses for the loss and
 for evaluation, in two implementations that agree to about 1e-6 relative (float32 torch
 against float64 numpy): :func:`boundary_curvature` (numpy) and
@@ -62,7 +62,7 @@ Values: a disc gives about ``1 / radius`` in canonical pixels, 0.042-0.044 (exac
 lobulated outline ``r = R (1 + 0.2 cos 6 theta)`` about 0.136; spiculated outlines 0.18-0.24.
 On the 518 BUSI tumor masks in ``shared/data`` (``scripts/curvature_stats.py``): benign
 0.0625 +- 0.0258 (n = 350), malignant 0.1201 +- 0.0278 (n = 168), a standardised difference of
-2.2 (the literal 64-px recipe of METHOD.md gives 0.099 +- 0.022 vs 0.151 +- 0.036, 1.7). With
+2.2 (the literal 64-px recipe of docs/method.md gives 0.099 +- 0.022 vs 0.151 +- 0.036, 1.7). With
 the masks first resized to 64 px (nearest): 0.0621 vs 0.0974 -- smooth outlines read the same,
 fine spiculation is partly lost with the pixels that carried it. The absolute values of the
 papers (0.68 / 0.79) depend on a discretisation they do not give; only the ordering and the

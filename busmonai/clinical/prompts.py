@@ -1,4 +1,4 @@
-"""BI-RADS text prompts, all templates in one place (METHOD.md section 3).
+"""BI-RADS text prompts, all templates in one place (docs/method.md section 3).
 
 Three styles:
 

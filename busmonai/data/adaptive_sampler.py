@@ -1,4 +1,4 @@
-"""LT-GenAug's class-adaptive synthetic sampler (METHOD.md section 6).
+"""LT-GenAug's class-adaptive synthetic sampler (docs/method.md section 6).
 
 LT-GenAug (Generative Augmentation for Long-tailed Recognition in Ultrasound) does not fix the
 real:synthetic ratio in advance: one agent per class decides, after every validation, whether

@@ -1,6 +1,6 @@
 """Datalists -> item lists and tensors for the bundles' MONAI datasets.
 
-Bundles read prepared datalists (DESIGN.md, "Data contract") through :func:`datalist_split`, which
+Bundles read prepared datalists (docs/design.md, "Data contract") through :func:`datalist_split`, which
 resolves paths, filters classes, checks the configured image size, and holds out a validation
 subset when the datalist has none. :class:`LoadPNGd` loads the PNGs as (1, H, W) float tensors
 in [0, 1] and names the file and the config key when one does not fit.

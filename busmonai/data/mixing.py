@@ -1,4 +1,4 @@
-"""Training sets of real and synthetic images for the downstream bundles (METHOD.md section 6).
+"""Training sets of real and synthetic images for the downstream bundles (docs/method.md section 6).
 
 The papers measure whether synthetic images help diagnosis models by adding them to the real
 training set at a ratio R of its size:

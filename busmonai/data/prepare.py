@@ -1,6 +1,6 @@
 """``busmonai prepare``: a published dataset folder -> processed images, masks and a datalist.
 
-Implements the data contract of DESIGN.md: single-channel images resized to ``size`` x ``size``,
+Implements the data contract of docs/design.md: single-channel images resized to ``size`` x ``size``,
 lesion masks merged (logical OR) and binarised, ``label`` / ``class`` / ``domain`` / ``bbox`` /
 ``source``, derived BI-RADS attributes and prompts (``busmonai.clinical``), and seeded
 class-stratified splits. The same inputs and seed give byte-identical outputs. The output folder

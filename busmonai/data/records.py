@@ -2,7 +2,7 @@
 
 Readers (``busmonai.data.readers``) know only the published layout of their dataset; they list
 :class:`RawCase` objects. ``busmonai.data.prepare`` turns them into the datalist contract of
-``DESIGN.md`` (images, merged binary masks, labels, bboxes, attributes, splits).
+``docs/design.md`` (images, merged binary masks, labels, bboxes, attributes, splits).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Training the KL autoencoder of the latent space (METHOD.md section 1).
+"""Training the KL autoencoder of the latent space (docs/method.md section 1).
 
 ``loss = recon(x_hat, x) + kl_weight * KL + perceptual_weight * perceptual + adv_weight * adv``:
 L1 (or L2) reconstruction, ``KL = 0.5 * sum(mu^2 + sigma^2 - log sigma^2 - 1)`` averaged over the
-batch, an optional perceptual term (only with local weights, see DESIGN.md) and an optional
+batch, an optional perceptual term (only with local weights, see docs/design.md) and an optional
 patch-adversarial term with MONAI's ``PatchDiscriminator`` (least-squares GAN, as MONAI's
 generative tutorials do) switched on after ``adv_warmup_epochs``. CP and the SCMG paper fine-tune
 the Stable Diffusion VAE on BUS images and freeze it; this trainer trains MONAI's
@@ -161,7 +161,7 @@ def perceptual_loss(weights_path: str | None, device: torch.device | str = "cpu"
     """MONAI ``PerceptualLoss`` (torchvision ResNet-50 features) from LOCAL weights only.
 
     MONAI's default perceptual networks download weights at run time, which this project never
-    does (DESIGN.md); the term is therefore off unless ``perceptual_weights`` names a local
+    does (docs/design.md); the term is therefore off unless ``perceptual_weights`` names a local
     state-dict file.
 
     Raises:

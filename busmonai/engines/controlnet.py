@@ -1,4 +1,4 @@
-"""Training the ControlNet on top of the frozen text-conditioned LDM (METHOD.md section 2).
+"""Training the ControlNet on top of the frozen text-conditioned LDM (docs/method.md section 2).
 
 The loss is the LDM's (min-SNR-weighted epsilon MSE on cached latents, prompt dropout for
 classifier-free guidance: :class:`busmonai.engines.diffusion.DiffusionTrainer`); only the

@@ -1,7 +1,7 @@
-"""Training the text-conditioned latent diffusion UNet (METHOD.md section 2).
+"""Training the text-conditioned latent diffusion UNet (docs/method.md section 2).
 
 DDPM noise prediction ``E ||eps - eps_theta(z_t, t, C(tau))||^2`` on cached latents with, from the
-DESIGN.md probes of what a CPU budget buys: min-SNR-gamma loss weighting (Hang et al., ICCV 2023),
+docs/design.md probes of what a CPU budget buys: min-SNR-gamma loss weighting (Hang et al., ICCV 2023),
 an exponential moving average of the weights (the EMA weights are what sampling uses), gradient
 clipping and a warm-up. Classifier-free guidance is trained by prompt dropout: a dropped
 prompt's context is filled with -1, the value MONAI's inferers use for the unconditional branch

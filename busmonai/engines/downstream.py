@@ -1,6 +1,6 @@
 """Training, evaluation and inference helpers of the classification and segmentation bundles.
 
-The papers judge synthetic images by what they do for diagnosis models (METHOD.md section 6):
+The papers judge synthetic images by what they do for diagnosis models (docs/method.md section 6):
 AUC and F1 of benign-vs-malignant classifiers, Dice of tumor segmenters on the internal test set
 and on an external one (STU) — the journal paper (Medical Image Analysis 2025), CP (MICCAI 2025)
 and LT-GenAug report these. This module keeps the metric definitions in one place for both

@@ -1,10 +1,10 @@
 """Latents of the frozen autoencoder, encoded once and cached for diffusion training.
 
-The DESIGN.md probes show that re-encoding images through the autoencoder every step wastes
+The docs/design.md probes show that re-encoding images through the autoencoder every step wastes
 most of a CPU's budget; the latents of every training image (and of its horizontal flip, so the
 augmentation needs no re-encoding) are computed once, stored in ``output_dir/latents.pt`` with a
 fingerprint of the autoencoder weights, the datalist and the image size, and reused while the
-fingerprint matches. ``scale_factor = 1 / std(z)`` (METHOD.md section 1) is measured on them.
+fingerprint matches. ``scale_factor = 1 / std(z)`` (docs/method.md section 1) is measured on them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ControlNet bound to the latent diffusion UNet it was trained on (METHOD.md section 2).
+"""ControlNet bound to the latent diffusion UNet it was trained on (docs/method.md section 2).
 
 CP (MICCAI 2025) adds the tumor mask as structural guidance with a ControlNet: a trainable copy of
 the frozen UNet's encoder whose zero-initialised output convolutions add residuals to the UNet's

@@ -1,4 +1,4 @@
-"""Downstream networks of the papers' evaluation (METHOD.md section 6), built without downloads.
+"""Downstream networks of the papers' evaluation (docs/method.md section 6), built without downloads.
 
 - Classifiers (benign vs malignant): EfficientNet-B0, ResNet50, DenseNet121 and MobileNetV2, as
   the journal paper (Medical Image Analysis 2025) and CP (MICCAI 2025) use; built by ``timm``

@@ -1,7 +1,7 @@
 """The latent diffusion UNet with the latent scale it was trained with.
 
 CP (MICCAI 2025) and the SCMG paper (Medical Image Analysis 2025) train a text-conditioned
-latent diffusion UNet on latents scaled by ``1 / std(z)`` (METHOD.md sections 1-2). Keeping the
+latent diffusion UNet on latents scaled by ``1 / std(z)`` (docs/method.md sections 1-2). Keeping the
 scale as a buffer of the module makes ``model.pt`` self-contained: the ControlNet, LoRA and
 synthesis stages read it back from the checkpoint instead of recomputing it.
 

@@ -1,6 +1,6 @@
 """Low-rank adapters (LoRA) on the latent diffusion UNet's attention projections, with PEFT.
 
-Cross-domain adaptation (METHOD.md section 5): a generator trained on one hospital's images (BUSI)
+Cross-domain adaptation (docs/method.md section 5): a generator trained on one hospital's images (BUSI)
 is adapted to another scanner (UDIAT, BUS-UCLM, ...) by training only low-rank updates
 ``W' = W + (alpha / r) B A`` of the attention projections (Hu et al. 2021, "LoRA: Low-Rank
 Adaptation of Large Language Models", ICLR 2022). CP (MICCAI 2025) adapts q, k, v and out of the

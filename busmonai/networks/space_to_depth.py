@@ -1,6 +1,6 @@
 """A lossless, parameter-free "autoencoder": the image folded into channels (space to depth).
 
-The latent diffusion papers (METHOD.md sections 1-3) diffuse in the latent space of a trained
+The latent diffusion papers (docs/method.md sections 1-3) diffuse in the latent space of a trained
 ``AutoencoderKL``. At 64 px on a CPU the autoencoder is the weak link: its 2x compression
 (16 x 16 x 8 latents) costs about 6 dB and a quarter of the training budget, and its blur is part
 of the distance between synthetic and real images. Folding each ``factor x factor`` patch of the

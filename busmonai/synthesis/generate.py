@@ -10,7 +10,7 @@ ControlNet + LDM (DDIM with classifier-free guidance). Images, masks and a datal
 Reproducible and resumable: the whole plan (classes, masks, prompts, per-sample seeds) is fixed
 from the seed and written first (``plan.json`` and the masks); images are then generated in fixed
 batches, each written atomically, so an interrupted run continues at the first unfinished batch
-and produces the same files as an uninterrupted one. Ablations (METHOD.md section 2): ``full``
+and produces the same files as an uninterrupted one. Ablations (docs/method.md section 2): ``full``
 (text + mask), ``text`` (no ControlNet, "Ours-t"), ``mask`` (ControlNet with the unconditional,
 prompt-free context the model learned through prompt dropout, "Ours-m").
 """

@@ -1,9 +1,9 @@
 """DDIM sampling with classifier-free guidance, optionally steered by a ControlNet mask.
 
 One loop serves the text-only LDM, the ControlNet (text + mask) and the mask-only ablation
-(METHOD.md section 2). Guidance follows MONAI's ``DiffusionInferer.sample``: the unconditional
+(docs/method.md section 2). Guidance follows MONAI's ``DiffusionInferer.sample``: the unconditional
 branch's context is filled with -1 and ``eps = eps_u + w (eps_c - eps_u)``. The ControlNet takes
-the mask at image size through its own conditioning embedding (DESIGN.md: MONAI's
+the mask at image size through its own conditioning embedding (docs/design.md: MONAI's
 ``ControlNetLatentDiffusionInferer`` resizes the mask to the latent size first, which breaks a
 multi-stage conditioning embedding). With a ControlNet the unconditional branch is the bare
 UNet, and mask and text have separate guidance weights (:func:`ddim_sample`).

@@ -1,7 +1,7 @@
 """Readers of the published breast-ultrasound datasets, one module each.
 
 Each reader is ``read_<name>(root: Path) -> list[RawCase]``: it lists the cases of the dataset in
-its published layout (METHOD.md section 7), in a deterministic order, and raises
+its published layout (docs/method.md section 7), in a deterministic order, and raises
 :class:`busmonai.errors.BusmonaiInputError` naming the file when the layout is broken. Loading,
 resizing, mask merging and splitting are done once for all readers in ``busmonai.data.prepare``.
 """

@@ -1,7 +1,7 @@
 """Reader for BrEaST-Lesions_USG (Pawłowska et al., "Curated benchmark dataset for ultrasound based
 breast lesion analysis", Scientific Data, 2024).
 
-Breast ultrasound scans with tumor masks and BI-RADS descriptors (METHOD.md section 7 counts 252
+Breast ultrasound scans with tumor masks and BI-RADS descriptors (docs/method.md section 7 counts 252
 lesions: 154 benign / 98 malignant; normal scans are kept as class normal). Published layout::
 
     <root>/case001.png                 B-mode image
@@ -14,7 +14,7 @@ lesions: 154 benign / 98 malignant; normal scans are kept as class normal). Publ
 The images may also sit in one sub-folder of ``<root>`` (the archive's
 ``BrEaST-Lesions_USG-images_and_masks/``) with the sheet beside that folder. Columns are matched
 ignoring case, spaces and underscores. The published descriptors become the project's
-attributes (METHOD.md section 3):
+attributes (docs/method.md section 3):
 
 - ``Echogenicity``: heterogeneous or complex (cystic/solid) -> ``"heterogeneous"``; anechoic,
   hypoechoic, hyperechoic, isoechoic -> ``"homogeneous"``.

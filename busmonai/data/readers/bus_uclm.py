@@ -2,7 +2,7 @@
 Mendeley Data 2024 / Scientific Data 2025).
 
 Images from the University of Castilla-La Mancha: 264 with lesions (174 benign / 90 malignant,
-METHOD.md section 7), the others normal. Published layout::
+docs/method.md section 7), the others normal. Published layout::
 
     <root>/images/<PATIENT>_<k>.png
     <root>/masks/<PATIENT>_<k>.png     RGB mask, same name: the lesion is painted green if

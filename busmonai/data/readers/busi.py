@@ -1,6 +1,6 @@
 """Reader for BUSI (Al-Dhabyani et al., Data in Brief 28:104863, 2020).
 
-Published layout (METHOD.md section 7)::
+Published layout (docs/method.md section 7)::
 
     Dataset_BUSI_with_GT/{benign,malignant,normal}/<cls> (k).png
                                                   /<cls> (k)_mask.png      first lesion

@@ -1,5 +1,5 @@
 """Reader for QAMEBI (Qaisar Abbas Mendeley breast ultrasound images; 232 images, 109 benign /
-123 malignant, METHOD.md section 7).
+123 malignant, docs/method.md section 7).
 
 Its layout is not verified here (no copy was at hand), so it is read as a per-class folder tree::
 

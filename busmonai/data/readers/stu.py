@@ -2,7 +2,7 @@
 ultrasound images", PLoS ONE 14(8):e0221535, 2019).
 
 42 images from the Shantou University hospital with lesion masks and no class labels.
-Published layout (METHOD.md section 7)::
+Published layout (docs/method.md section 7)::
 
     <root>/Test_Image_<k>.png
     <root>/mask_<k>.png          or in any sub-folder of <root>

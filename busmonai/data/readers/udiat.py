@@ -1,7 +1,7 @@
 """Reader for UDIAT Dataset B (Yap et al., IEEE J. Biomed. Health Inform. 22(4):1218-1226, 2018).
 
 163 images from the UDIAT Diagnostic Centre, Sabadell (110 benign / 53 malignant in the paper,
-109 / 54 in the sheet; the sheet is taken as the truth). Published layout (METHOD.md section 7)::
+109 / 54 in the sheet; the sheet is taken as the truth). Published layout (docs/method.md section 7)::
 
     <root>/original/000001.png ...    B-mode images
     <root>/GT/000001.png ...          binary lesion masks, same name as the image
