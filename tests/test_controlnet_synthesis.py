@@ -176,17 +176,12 @@ def test_generator_diagnostics_script(trained_controlnet: Path, trained_autoenco
                                       capsys: pytest.CaptureFixture[str]) -> None:
     """``scripts/generator_diagnostics.py``: one row per checkpoint x scale x mask guidance, text-only
     and mask-only rows, the shuffled-mask control and KID of the best setting."""
-    import importlib.util
-
-    from bundle_runner import REPO
-
     run = tmp_path / "run"
     run.mkdir()
     for name, folder in (("autoencoder", trained_autoencoder), ("ldm", trained_ldm), ("controlnet", trained_controlnet)):
         (run / name).symlink_to(folder)
-    spec = importlib.util.spec_from_file_location("generator_diagnostics", REPO / "scripts" / "generator_diagnostics.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)  # type: ignore[union-attr]
+    from busmonai.experiments import generator_diagnostics as script
+
     out = tmp_path / "diag.json"
     assert script.main(["--datalist", str(datalist32), "--split", "test", "--run", str(run), "--segmenter",
                         str(trained_segmenter / "model.pt"), "--image-size", "32", "--steps", "2",

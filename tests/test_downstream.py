@@ -3,7 +3,6 @@ on 32 px phantom data with tiny networks."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Iterator
@@ -356,9 +355,8 @@ def test_bundles_reject_bad_inputs(data: dict[str, Path], tmp_path: Path) -> Non
 
 def test_sweep_runs_resumes_and_prints_tables(data: dict[str, Path], tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("downstream_sweep", REPO / "scripts" / "downstream_sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)  # type: ignore[union-attr]
+    from busmonai.experiments import downstream_sweep as sweep
+
     assert sweep.parse_token("1:2") == ("2", 2.0, "none") and sweep.parse_token("ordinary") == ("ordinary", 0, "ordinary")
     assert sweep.parse_token("adaptive") == ("adaptive", 0.0, "none")
     argv = ["--task", "classification", "--datalist", str(data["real"]), "--synthetic", str(data["synthetic"]),

@@ -43,9 +43,10 @@ def test_train_stage_returns_the_record_of_a_trained_stage(datalist32: Path, tmp
 
 
 def test_no_driver_codes_the_chain_or_calls_a_private_method() -> None:
-    """The demo, the CLI and the scripts take stage products from the pipeline, and call no
+    """The demo, the CLI, the scripts and the experiments take stage products from the pipeline, and call no
     ``obj._private(...)`` of another object."""
-    drivers = [REPO / "busmonai" / "demo.py", REPO / "busmonai" / "cli.py", *sorted((REPO / "scripts").glob("*.py"))]
+    drivers = [REPO / "busmonai" / "demo.py", REPO / "busmonai" / "cli.py", *sorted((REPO / "scripts").glob("*.py")),
+               *sorted((REPO / "busmonai" / "experiments").glob("*.py"))]
     for path in drivers:
         text = path.read_text()
         assert not re.search(r'key\.split\("_"\)', text), path

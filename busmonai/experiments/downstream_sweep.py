@@ -1,0 +1,353 @@
+"""Real:synthetic ratio sweep of the downstream bundles: do synthetic images help diagnosis models?
+
+The papers' downstream tables (docs/method.md section 6): the journal paper (Breast Ultrasound Tumor
+Generation via Mask Generator and Text-Guided Network, Medical Image Analysis 2025) adds
+synthetic images at 25 / 50 / 100 / 200 % of the real training set, CP (Clinical Prior-Guided
+Tumor Generation for Breast Ultrasound, MICCAI 2025) at real:synthetic 1:1 ... 1:8, and both
+compare with real only and with ordinary augmentation; LT-GenAug reports the same kind of table
+for long-tailed classes. For every ratio x network x seed this script trains one bundle
+(``bundles/classification`` or ``bundles/segmentation``, in-process, time-budgeted), evaluates
+the best checkpoint (``evaluate.json``) on the real test split (and external datalists), appends
+one JSON line per finished cell to ``OUT/results.jsonl``, prints one table per metric (mean +- std
+over seeds, best per row marked ``*``), says whether synthetic data beat ordinary augmentation,
+and draws ``OUT/plot_<set>_<metric>.png`` (metric vs ratio, drawn with PIL).
+
+Ratio tokens: ``0`` (real only), ``ordinary`` (real only + ordinary augmentation), a number R
+(``0.25``, ``0.5``, ``1``, ``2``), a percentage (``25%``) or CP's ``1:k``, and ``R+ordinary``
+(synthetic plus augmentation), and ``adaptive`` (classification: LT-GenAug's class-adaptive
+sampler, ``bundles/classification/configs/adaptive_sampler.json``, drawing from the whole
+synthetic datalist). Re-running with the same ``--out`` skips finished cells; a cell
+that was interrupted is trained again from scratch, so every cell gets the same time budget.
+
+Real BUSI sweep (the issue's "must show"; 64 px, one network per task, three seeds, 5 minutes
+per model; run from the repository root on an otherwise idle 2-core CPU)::
+
+    busmonai prepare busi --root ../shared/data/Dataset_BUSI_with_GT --out data/busi64 --size 64
+    python scripts/downstream_sweep.py --task classification --datalist data/busi64/datalist.json \\
+        --synthetic data/synthetic64/datalist.json --ratios 0,ordinary,0.5,1,2 \\
+        --networks efficientnet_b0 --seeds 0,1,2 --minutes 5 --out runs/sweep_classification
+    python scripts/downstream_sweep.py --task segmentation --datalist data/busi64/datalist.json \\
+        --synthetic data/synthetic64/datalist.json --ratios 0,ordinary,0.5,1,2 \\
+        --networks unet --seeds 0,1,2 --minutes 5 --out runs/sweep_segmentation \\
+        [--external data/stu64/datalist.json]
+
+Each sweep is 5 ratios x 3 seeds = 15 cells of 5 minutes of training (including the per-epoch
+validation) plus about 10 s of set-up and evaluation: about 80 minutes per task, 160 minutes for
+both. The synthetic datalist must hold, per class, at least twice the real training images of
+that class for ratio 2 (BUSI at the default split and 20 % validation holdout: about 280 benign
+and 135 malignant real training images, so about 560 benign and 270 malignant synthetic ones).
+Use ``--threads 1`` when other jobs share the CPU: oversubscribed OpenMP threads slow small
+networks down by orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from busmonai.bundles import bundle_config, run_config
+
+PRIMARY = {"classification": ("auc", "f1"), "segmentation": ("dice",)}
+DEFAULT_NETWORK = {"classification": "efficientnet_b0", "segmentation": "unet"}
+GOAL = {"auc": 0.02, "dice": 0.01}
+ADAPTIVE = "adaptive"
+LABELS = {"0": "real only", "ordinary": "ordinary aug.", ADAPTIVE: "adaptive"}
+
+
+def uses_synthetic(token: str, ratio: float) -> bool:
+    """True if the cell draws synthetic images (a ratio > 0 or the adaptive sampler)."""
+    return ratio > 0 or token == ADAPTIVE
+
+
+def parse_token(token: str) -> tuple[str, float, str]:
+    """``(canonical token, ratio, augment)`` of a ratio token (see the module docstring)."""
+    from busmonai.data.mixing import parse_ratio
+    from busmonai.errors import BusmonaiInputError
+
+    text = token.strip()
+    augment = "none"
+    if text == ADAPTIVE:
+        return ADAPTIVE, 0.0, "none"
+    if text == "ordinary":
+        return "ordinary", 0.0, "ordinary"
+    if text.endswith("+ordinary"):
+        text, augment = text[: -len("+ordinary")], "ordinary"
+    ratio = parse_ratio(text)
+    if ratio == 0 and augment == "ordinary":
+        return "ordinary", 0.0, "ordinary"
+    if not text:
+        raise BusmonaiInputError(f"ratio token {token!r}: give a ratio before '+ordinary'")
+    canonical = f"{ratio:g}" + ("+ordinary" if augment == "ordinary" else "")
+    return canonical, ratio, augment
+
+
+def cell_key(task: str, network: str, token: str, seed: int) -> str:
+    """The identity of one sweep cell in ``results.jsonl``."""
+    return f"{task}|{network}|{token}|{seed}"
+
+
+def load_results(path: Path) -> list[dict[str, Any]]:
+    """Finished cells of ``results.jsonl`` (a torn last line from an interrupted write is ignored)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, augment: str, seed: int) -> dict:
+    """Train and evaluate one cell; return its result row."""
+    cell_dir = Path(args.out).resolve() / args.task / network / f"r{token}" / f"s{seed}"
+    if cell_dir.exists():  # interrupted earlier: start over so every cell gets the same budget
+        shutil.rmtree(cell_dir)
+    common = {"image_size": args.image_size, "network_name": network, "seed": seed, "output_dir": str(cell_dir),
+              **args.overrides}
+    synthetic = args.synthetic and uses_synthetic(token, ratio)
+    train = {**common, "datalist": str(Path(args.datalist).resolve()), "ratio": ratio, "augment": augment,
+             "synthetic_datalist": str(Path(args.synthetic).resolve()) if synthetic else None,
+             "max_minutes": args.minutes, "resume": False}
+    if args.max_epochs:
+        train["max_epochs"] = args.max_epochs
+    elif args.minutes > 0:
+        train["max_epochs"] = 100000
+    start = time.perf_counter()
+    configs = [bundle_config(args.task, "train.json")]
+    if token == ADAPTIVE:
+        configs.append(bundle_config(args.task, "adaptive_sampler.json"))
+    run_config(configs, **train)
+    trained = json.loads((cell_dir / "metrics.json").read_text())
+    evaluate = {**{k: v for k, v in common.items() if k in args.eval_keys or k in ("image_size", "network_name",
+                                                                                       "seed", "output_dir")},
+                "datalist": str(Path(args.datalist).resolve())}
+    if args.task == "segmentation":
+        evaluate["external_datalists"] = [str(Path(p).resolve()) for p in args.external]
+    run_config([bundle_config(args.task, "evaluate.json")], **evaluate)
+    tested = json.loads((cell_dir / "test_metrics.json").read_text())
+    sets = {name: {k: v for k, v in entry.items() if k not in ("counts",)}
+            for name, entry in tested.items() if isinstance(entry, dict) and "n" in entry}
+    adaptive_path = cell_dir / "adaptive_sampler.json"
+    adaptive = json.loads(adaptive_path.read_text())["history"] if adaptive_path.is_file() else []
+    return {
+        "cell": cell_key(args.task, network, token, seed), "task": args.task, "network": network, "ratio": token,
+        "ratio_value": ratio, "augment": augment, "seed": seed, "minutes": args.minutes, "image_size": args.image_size,
+        "iterations": trained.get("iterations"), "epochs": trained.get("epochs"),
+        "train_seconds": trained.get("seconds"), "seconds": round(time.perf_counter() - start, 1),
+        "best_validation": trained.get("best_metric"), "training_counts": trained.get("training_counts"),
+        "test": sets,
+        **({"adaptive_final_counts": adaptive[-1]["counts"], "adaptive_steps": len(adaptive)} if adaptive else {}),
+    }
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], tokens: Sequence[str], networks: Sequence[str],
+              task: str) -> dict[tuple[str, str], dict[str, dict[str, tuple[float, float, int]]]]:
+    """``{(set, metric): {network: {token: (mean, std, n_seeds)}}}`` over the finished rows."""
+    table: dict[tuple[str, str], dict[str, dict[str, tuple[float, float, int]]]] = {}
+    sets = sorted({name for row in rows for name in row["test"]}, key=lambda s: (s != "test", s))
+    for name in sets:
+        for metric in PRIMARY[task]:
+            cells: dict[str, dict[str, tuple[float, float, int]]] = {}
+            for network in networks:
+                for token in tokens:
+                    values = [row["test"][name][metric] for row in rows
+                              if row["task"] == task and row["network"] == network and row["ratio"] == token
+                              and name in row["test"] and row["test"][name].get(metric) is not None]
+                    if values:
+                        mean, std = _stats(values)
+                        cells.setdefault(network, {})[token] = (mean, std, len(values))
+            table[(name, metric)] = cells
+    return table
+
+
+def format_tables(table: Mapping[tuple[str, str], Mapping[str, Mapping[str, tuple[float, float, int]]]],
+                  tokens: Sequence[str], networks: Sequence[str]) -> str:
+    """The papers' tables: one per (set, metric), networks as rows, ratios as columns, mean +- std,
+    the best mean of each row marked ``*``; then whether synthetic data beat the baselines."""
+    lines: list[str] = []
+    for (name, metric), cells in table.items():
+        headers = [LABELS.get(t, f"R={t}") for t in tokens]
+        width = max(16, *(len(h) + 2 for h in headers))
+        lines.append(f"\n{metric.upper()} on '{name}' (mean +- std over seeds; * best per row)")
+        lines.append(f"{'network':<16}" + "".join(f"{h:>{width}}" for h in headers))
+        for network in networks:
+            row = cells.get(network, {})
+            best = max((v[0] for v in row.values()), default=None)
+            text = f"{network:<16}"
+            for token in tokens:
+                if token in row:
+                    mean, std, _ = row[token]
+                    mark = "*" if best is not None and mean == best else " "
+                    text += f"{f'{mean:.3f} +- {std:.3f}{mark}':>{width}}"
+                else:
+                    text += f"{'-':>{width}}"
+            lines.append(text)
+        for network in networks:
+            row = cells.get(network, {})
+            synthetic = {t: v for t, v in row.items() if t not in ("0", "ordinary")}
+            if not synthetic:
+                continue
+            token, (mean, _, _) = max(synthetic.items(), key=lambda kv: kv[1][0])
+            goal = GOAL.get(metric, 0.0)
+            for base in ("0", "ordinary"):
+                if base in row:
+                    gain = mean - row[base][0]
+                    verdict = "met" if gain >= goal else "NOT met"
+                    lines.append(f"  {network}: best synthetic {LABELS.get(token, f'R={token}')} vs {LABELS[base]}: "
+                                 f"{gain:+.3f} "
+                                 f"(goal >= +{goal:.2f}: {verdict})")
+    return "\n".join(lines)
+
+
+def draw_plot(cells: Mapping[str, Mapping[str, tuple[float, float, int]]], tokens: Sequence[str], title: str,
+              path: Path) -> Path:
+    """Metric vs ratio, one line (with +- std bars) per network, drawn with PIL (no matplotlib)."""
+    from PIL import Image, ImageDraw
+
+    width, height, left, right, top, bottom = 640, 400, 70, 150, 40, 50
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    values = [m + s * k for row in cells.values() for m, s, _ in row.values() for k in (-1, 1)]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = max(0.02, 0.1 * (high - low))
+    low, high = max(0.0, low - pad), min(1.0, high + pad) if high <= 1 else high + pad
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def xy(index: int, value: float) -> tuple[float, float]:
+        x = left + plot_w * (index + 0.5) / max(1, len(tokens))
+        return x, top + plot_h * (1 - (value - low) / max(high - low, 1e-9))
+
+    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
+    draw.text((left, 12), title, fill="black")
+    for k in range(5):
+        value = low + (high - low) * k / 4
+        y = xy(0, value)[1]
+        draw.line([left - 4, y, left, y], fill="black")
+        draw.line([left, y, left + plot_w, y], fill=(225, 225, 225))
+        draw.text((8, y - 6), f"{value:.3f}", fill="black")
+    for index, token in enumerate(tokens):
+        x = xy(index, low)[0]
+        draw.text((x - 3 * len(token), top + plot_h + 8), token, fill="black")
+    draw.text((left + plot_w // 2 - 40, height - 20), "synthetic : real ratio", fill="black")
+    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+    for n, (network, row) in enumerate(cells.items()):
+        colour = colours[n % len(colours)]
+        points = [(i, row[t]) for i, t in enumerate(tokens) if t in row]
+        for i, (mean, std, _) in points:
+            x, y = xy(i, mean)
+            draw.line([x, xy(i, mean - std)[1], x, xy(i, mean + std)[1]], fill=colour, width=1)
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        if len(points) > 1:
+            draw.line([xy(i, v[0]) for i, v in points], fill=colour, width=2)
+        draw.text((left + plot_w + 10, top + 16 * n), network, fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("classification", "segmentation"), required=True)
+    parser.add_argument("--datalist", required=True, help="real datalist (training / validation / test)")
+    parser.add_argument("--synthetic", default=None, help="synthetic datalist (needed for ratios > 0)")
+    parser.add_argument("--ratios", default="0,ordinary,0.5,1,2", help="comma-separated ratio tokens")
+    parser.add_argument("--networks", default=None, help="comma-separated network names")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--minutes", type=float, default=5.0, help="training minutes per model (0: max_epochs)")
+    parser.add_argument("--max-epochs", type=int, default=0, help="epochs per model (0: as many as --minutes allow)")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--external", action="append", default=[], help="external datalist (segmentation)")
+    parser.add_argument("--out", default="runs/sweep", help="output folder (results.jsonl, cells, plots)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra bundle override (JSON value), e.g. --set batch_size=16")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the sweep; return the exit code (2 for bad input)."""
+    from busmonai.errors import BusmonaiInputError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except BusmonaiInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    import torch
+
+    from busmonai.errors import BusmonaiInputError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.overrides = _overrides(args.set)
+    eval_keys = {"seg_channels", "num_res_units", "num_classes", "classes", "batch_size"}
+    args.eval_keys = eval_keys & set(args.overrides)
+    parsed = [parse_token(t) for t in args.ratios.split(",") if t.strip()]
+    tokens = list(dict.fromkeys(p[0] for p in parsed))
+    networks = [n.strip() for n in (args.networks or DEFAULT_NETWORK[args.task]).split(",") if n.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.external and args.task != "segmentation":
+        raise BusmonaiInputError("--external datalists are evaluated by the segmentation sweep only")
+    if any(uses_synthetic(token, ratio) for token, ratio, _ in parsed) and not args.synthetic:
+        raise BusmonaiInputError("--ratios has ratios > 0 (or adaptive) but no --synthetic DATALIST was given")
+    if any(token == ADAPTIVE for token, _, _ in parsed) and args.task != "classification":
+        raise BusmonaiInputError("--ratios adaptive: LT-GenAug's adaptive sampler is wired into the "
+                                 "classification bundle only (its reward is the validation AUC)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    done = {row["cell"] for row in load_results(results_path)}
+    todo = [(n, p, s) for n in networks for p in dict((p[0], p) for p in parsed).values() for s in seeds
+            if cell_key(args.task, n, p[0], s) not in done]
+    total = len(networks) * len(tokens) * len(seeds)
+    print(f"{args.task} sweep: {total} cells, {total - len(todo)} already finished, {len(todo)} to run "
+          f"(about {len(todo) * (args.minutes + 0.2):.0f} min)", flush=True)
+    for k, (network, (token, ratio, augment), seed) in enumerate(todo, 1):
+        print(f"[{k}/{len(todo)}] {network} ratio {token} seed {seed}", flush=True)
+        row = run_cell(args, network, token, ratio, augment, seed)
+        with open(results_path, "a") as stream:
+            stream.write(json.dumps(row) + "\n")
+        print(f"  -> {json.dumps(row['test'])}", flush=True)
+    rows = [r for r in load_results(results_path) if r["task"] == args.task]
+    table = summarize(rows, tokens, networks, args.task)
+    print(format_tables(table, tokens, networks))
+    for (name, metric), cells in table.items():
+        plot = draw_plot(cells, tokens, f"{args.task}: {metric} on '{name}' vs synthetic ratio",
+                         out / f"plot_{name}_{metric}.png")
+        print(f"plot: {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
