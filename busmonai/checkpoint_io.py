@@ -1,7 +1,11 @@
-"""Reading checkpoints with errors that name the config key and the fix (the bottom I/O layer)."""
+"""Reading checkpoints with errors that name the config key and the fix, and writing them
+atomically (the bottom I/O layer)."""
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +35,49 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
     return data
 
 
-def write_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """``torch.save`` ``state`` to ``path`` through a temporary sibling, so a crash never leaves a
-    half-written checkpoint."""
+def write_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
+    """``torch.save`` ``state`` to ``path`` so that ``path`` always holds a complete checkpoint.
+
+    The bytes go to a new hidden sibling ``.NAME.<random>.partial``, are flushed and ``fsync``'d,
+    and the sibling is then renamed over ``path`` (``os.replace``): a crash, a kill or a full disk
+    during the write leaves the previous ``path`` (or none) and at most a stray ``.partial`` file,
+    never a truncated checkpoint under the final name. The temporary file is removed when the write
+    raises. The file is created with mode ``0o666`` less the umask (0644 under umask 022), as
+    ``open()`` would, not the 0600 of ``tempfile.mkstemp``.
+
+    Returns:
+        ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save(state, partial)
-    partial.replace(path)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+    # O_EXCL: never write through an existing file or link; 0o666: the kernel applies the umask
+    handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(state, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
     return path
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def load_weights(module: nn.Module, path: str | Path, key: str, entry: str | None = None) -> nn.Module:
@@ -63,22 +101,28 @@ def load_weights(module: nn.Module, path: str | Path, key: str, entry: str | Non
     return fit_state_dict(module, state, path, key)
 
 
+def state_dict_mismatch(module: nn.Module, state: Mapping[str, Any]) -> str:
+    """Why ``state`` does not load strictly into ``module``: a few missing / unexpected / mis-shaped
+    keys, or ``""`` when it fits."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    return "; ".join(
+        f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", mismatched))
+        if keys
+    )
+
+
 def fit_state_dict(module: nn.Module, state: dict[str, Any], path: str | Path, key: str) -> nn.Module:
     """Load ``state`` into ``module`` strictly, or raise naming a few keys that do not fit.
 
     Raises:
         BusmonaiInputError: missing, unexpected or mis-shaped tensors.
     """
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or mismatched:
-        details = "; ".join(
-            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", mismatched))
-            if keys
-        )
+    details = state_dict_mismatch(module, state)
+    if details:
         raise BusmonaiInputError(
             f"{path}: the '{key}' checkpoint does not fit the configured network ({details}); "
             f"use the network settings it was trained with, or pass the matching --{key}"

@@ -1,8 +1,8 @@
 """Ignite handlers shared by every stage's trainer.
 
-- :class:`ResumeFromLatest`: on start, restore the newest resume checkpoint in ``output_dir``
-  (network, optimizer, trainer state), so re-running a bundle with the same ``output_dir``
-  continues where it stopped.
+- :class:`ResumeFromLatest`: on start, restore the newest resume checkpoint in ``output_dir`` that
+  loads (network, optimizer, trainer state), so re-running a bundle with the same ``output_dir``
+  continues where it stopped; broken checkpoints are skipped with a warning.
 - :class:`TimeBudget`: stop training after a wall-clock budget (``max_minutes``), used by the
   demo and the benchmarks to size runs for this CPU.
 - :class:`StageProgress`: a progress bar for a training run and a one-line summary at its end, for
@@ -33,6 +33,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
+from busmonai.checkpoint_io import state_dict_mismatch
 from busmonai.data.imageio import save_png
 from busmonai.errors import BusmonaiInputError
 from busmonai.visualize import grid
@@ -43,13 +44,20 @@ RESUME_PREFIX = "resume"
 _RESUME_RE = re.compile(rf"^{RESUME_PREFIX}_.*=(\d+)\.pt$")
 
 
-def latest_resume_checkpoint(output_dir: str | Path) -> Path | None:
-    """The most recently written ``resume_*=N.pt`` checkpoint in ``output_dir`` (ties: highest N), or None."""
+def resume_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The ``resume_*=N.pt`` checkpoints in ``output_dir``, most recently written first (ties:
+    highest N first)."""
     folder = Path(output_dir)
     if not folder.is_dir():
-        return None
+        return []
     found = [(p.stat().st_mtime_ns, int(m.group(1)), p) for p in folder.iterdir() if (m := _RESUME_RE.match(p.name))]
-    return max(found)[2] if found else None
+    return [p for *_, p in sorted(found, reverse=True)]
+
+
+def latest_resume_checkpoint(output_dir: str | Path) -> Path | None:
+    """The most recently written ``resume_*=N.pt`` checkpoint in ``output_dir`` (ties: highest N), or None."""
+    found = resume_checkpoints(output_dir)
+    return found[0] if found else None
 
 
 def write_json_atomic(data: Mapping[str, Any], path: str | Path) -> None:
@@ -90,10 +98,19 @@ def writes_files(handler: Any) -> bool:
 
 
 class ResumeFromLatest:
-    """Restore ``load_dict`` from the newest resume checkpoint of ``output_dir`` when training starts.
+    """Restore ``load_dict`` from the newest resume checkpoint of ``output_dir`` that loads, when
+    training starts.
+
+    Checkpoints are tried newest first. One that cannot be read (truncated by a kill or a full
+    disk, or not a checkpoint) is skipped with a warning naming it, and the next older one is
+    tried; when none loads, training starts from scratch (with a warning). Skipped files are
+    removed with the other stale ones when training completes. A complete checkpoint that lacks an
+    entry of ``load_dict`` or does not fit its networks / optimizers (another stage's, other
+    settings) is an input error naming the file: it is somebody's work, not a crash artefact.
+    Loading is ``torch.load(weights_only=True)`` on the CPU.
 
     Args:
-        output_dir: the stage's output folder (where ``CheckpointSaver(file_prefix="resume")`` writes).
+        output_dir: the stage's output folder (where the saver with ``file_prefix="resume"`` writes).
         load_dict: objects to restore, as given to the saver (must include ``trainer``).
         enabled: False to start from scratch even if a checkpoint exists.
     """
@@ -102,35 +119,81 @@ class ResumeFromLatest:
         self.output_dir = Path(output_dir)
         self.load_dict = dict(load_dict)
         self.enabled = enabled
+        self.skipped: list[Path] = []
 
     def attach(self, engine: Engine) -> None:
-        """Restore at ``Events.STARTED``; at ``COMPLETED`` drop resume files older than the newest."""
+        """Restore at ``Events.STARTED``; at ``COMPLETED`` drop resume files but the newest good one."""
         engine.add_event_handler(Events.STARTED, self)
         engine.add_event_handler(Events.COMPLETED, self._drop_stale)
 
     def _drop_stale(self, engine: Engine) -> None:
-        newest = latest_resume_checkpoint(self.output_dir)
-        for path in self.output_dir.glob(f"{RESUME_PREFIX}_*.pt"):
-            if newest is not None and path != newest and _RESUME_RE.match(path.name):
+        found = resume_checkpoints(self.output_dir)
+        keep = next((path for path in found if path not in self.skipped), None)
+        for path in found:
+            if path != keep:
                 path.unlink(missing_ok=True)
 
     def __call__(self, engine: Engine) -> None:
         if not self.enabled:  # a fresh start: earlier resume files are stale
-            for path in self.output_dir.glob(f"{RESUME_PREFIX}_*.pt"):
-                if _RESUME_RE.match(path.name):
-                    path.unlink()
+            for path in resume_checkpoints(self.output_dir):
+                path.unlink()
             return
-        path = latest_resume_checkpoint(self.output_dir)
-        if path is None:
+        self.skipped = []
+        for path in resume_checkpoints(self.output_dir):
+            checkpoint, problem = self._read_checked(path)
+            if checkpoint is None:  # truncated by a kill or a full disk, or not a checkpoint at all
+                logger.warning("%s: skipped, cannot resume from it (%s); trying an older resume checkpoint",
+                               path, problem)
+                self.skipped.append(path)
+                continue
+            if problem:  # a complete checkpoint of other networks: the user's work, never skipped silently
+                raise BusmonaiInputError(
+                    f"{path}: cannot resume, {problem}; use the settings it was trained with, another "
+                    "output_dir, or --resume false to start again (that removes it)")
+            self._restore(engine, path, checkpoint)
             return
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if self.skipped:
+            logger.warning("no resume checkpoint in %s could be loaded (skipped %s): training starts from scratch",
+                           self.output_dir, ", ".join(p.name for p in self.skipped))
+
+    def _read_checked(self, path: Path) -> tuple[Mapping[str, Any] | None, str]:
+        """``(checkpoint, "")`` if ``path`` can restore ``load_dict``; ``(None, why)`` if it cannot be
+        read as a checkpoint; ``(checkpoint, why)`` if it is one that does not fit ``load_dict``.
+        Nothing is changed."""
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+            reason = (str(err).split(". ") or [""])[0].strip()  # torch's messages run on for lines
+            return None, f"not a readable checkpoint: {type(err).__name__}{': ' + reason if reason else ''}"
+        if not isinstance(checkpoint, Mapping):
+            return None, f"it holds a {type(checkpoint).__name__}, not a dict of states"
+        missing = [key for key in self.load_dict if key not in checkpoint]
+        if missing:
+            return checkpoint, f"it has no {', '.join(map(repr, missing))} entry (another stage's checkpoint?)"
+        for key, obj in self.load_dict.items():
+            state = checkpoint[key]
+            if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+                obj = obj.module
+            if isinstance(obj, torch.nn.Module):
+                details = state_dict_mismatch(obj, state) if isinstance(state, Mapping) else "not a state dict"
+                if details:
+                    return checkpoint, f"its '{key}' does not fit the configured network ({details})"
+            elif isinstance(obj, torch.optim.Optimizer):
+                groups = state.get("param_groups") if isinstance(state, Mapping) else None
+                if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != [
+                        len(g["params"]) for g in obj.param_groups]:
+                    return checkpoint, f"its '{key}' has other parameter groups than the configured optimizer"
+        return checkpoint, ""
+
+    def _restore(self, engine: Engine, path: Path, checkpoint: Mapping[str, Any]) -> None:
         max_epochs = engine.state.max_epochs
         try:
             Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint, strict=True)
-        except (RuntimeError, KeyError) as err:
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            # after the checks above this is rare, and some objects may be restored already
             raise BusmonaiInputError(
-                f"{path}: cannot resume, the checkpoint does not fit the configured networks ({err}); "
-                "use another output_dir or pass --resume false"
+                f"{path}: cannot resume, the checkpoint does not fit the configured objects ({err}); "
+                "remove that file, use another output_dir or pass --resume false"
             ) from err
         if max_epochs is not None and engine.state.epoch >= max_epochs:
             logger.info("%s is already at epoch %d of %d", path, engine.state.epoch, max_epochs)
