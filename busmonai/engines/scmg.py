@@ -18,10 +18,19 @@ Mask Generator and Text-Guided Network"), each weighted by a config key of ``bun
 Generation conditions: the fake masks of a batch get the real batch's tumor types and
 rectangles; at inference, random rectangles come from :func:`sample_bboxes` (training
 rectangles of the class, resampled with jitter) or are given.
+
+Recipe switches (ours; each a key of ``bundles/scmg/configs/train.json`` whose default is the
+recipe above): ``cur_class_weights`` (the curvature loss of each sample weighted by its tumor
+type), ``d_branch_weights`` (the discriminator's spatial and Fourier branches weighted in the
+generator's gradient, :class:`busmonai.networks.scmg.SCMGDiscriminator`), ``aug_rotate_deg`` /
+``aug_scale`` (random rotations and scalings of the real masks that keep their orientation,
+:class:`SCMGMaskDataset`) and ``bbox_map_blur`` (the generator's soft rectangle prior,
+:class:`busmonai.networks.scmg.SCMGGenerator`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,13 +83,29 @@ def mask_items(datalist: str | Path, split: str = "training", image_size: int | 
     return datalist_split(datalist, split, classes, image_size, keys=("mask", "label", "bbox"))
 
 
+def _orientation(box: torch.Tensor) -> int:
+    """1 for a rectangle wider than tall, -1 taller than wide, 0 square."""
+    return int(torch.sign((box[2] - box[0]) - (box[3] - box[1])))
+
+
 class SCMGMaskDataset(Dataset):
-    """Real masks, their rectangles and tumor types, loaded once; random horizontal flips.
+    """Real masks, their rectangles and tumor types, loaded once; random horizontal flips and,
+    optionally, small rotations and scalings.
+
+    The rotation (uniform in ``[-rotate_deg, rotate_deg]``) and the isotropic scaling (log-uniform
+    in ``[1 / (1 + scale), 1 + scale]``) turn the mask about its rectangle's centre (bilinear,
+    thresholded at 0.5); the rectangle becomes the new mask's bounding box. A draw is kept only
+    if the mask stays whole inside the image and keeps its orientation: a mask wider than tall
+    stays wider than tall, taller than wide stays taller than wide (the class rule of
+    :mod:`busmonai.clinical.ellipse`: benign wider than tall, malignant taller than wide, holds
+    after augmentation for every mask that obeyed it); otherwise the mask is used unchanged.
 
     Args:
         items: from :func:`mask_items` (absolute ``mask`` path, ``label`` 0/1, ``bbox``).
         image_size: mask side (checked by :class:`busmonai.data.dataset.LoadPNGd`).
         flip_prob: probability of a horizontal flip (mask and rectangle together).
+        rotate_deg: largest rotation in degrees (0: none, the default).
+        scale: largest relative scaling (0: none, the default; 0.1: factors 0.91-1.1).
 
     Items: ``{"mask": (1, H, W) float {0, 1}, "bbox": (4,) float, "label": long}``.
 
@@ -88,7 +113,8 @@ class SCMGMaskDataset(Dataset):
         BusmonaiInputError: a wrongly sized mask, an invalid ``bbox`` or an unknown ``label``.
     """
 
-    def __init__(self, items: Sequence[Mapping[str, Any]], image_size: int, flip_prob: float = 0.5) -> None:
+    def __init__(self, items: Sequence[Mapping[str, Any]], image_size: int, flip_prob: float = 0.5,
+                 rotate_deg: float = 0.0, scale: float = 0.0) -> None:
         load = LoadPNGd(keys="mask", image_size=image_size)
         self.masks = [load.load(item["mask"], binary=True) for item in items]
         self.bboxes: list[torch.Tensor] = []
@@ -101,6 +127,32 @@ class SCMGMaskDataset(Dataset):
         self.labels = [tumor_type_index(int(item["label"])) for item in items]
         self.image_size = image_size
         self.flip_prob = float(flip_prob)
+        if not (0 <= rotate_deg <= 90 and 0 <= scale < 1):
+            raise BusmonaiInputError(f"SCMG augmentation needs 0 <= aug_rotate_deg <= 90 and 0 <= aug_scale < 1, "
+                                     f"got {rotate_deg} and {scale}")
+        self.rotate_deg = float(rotate_deg)
+        self.scale = float(scale)
+
+    def _rotate_scale(self, mask: torch.Tensor, box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random rotation and scaling about the rectangle's centre, or the input when the draw
+        cuts the mask at the image border or changes its orientation (class docstring)."""
+        u = torch.rand(2) * 2.0 - 1.0
+        angle = math.radians(self.rotate_deg) * float(u[0])
+        factor = math.exp(math.log1p(self.scale) * float(u[1]))
+        size = self.image_size
+        cx, cy = float(box[0] + box[2]) / size - 1.0, float(box[1] + box[3]) / size - 1.0  # normalised centre
+        cos, sin = math.cos(angle) / factor, math.sin(angle) / factor  # output -> input coordinates
+        theta = torch.tensor([[cos, -sin, cx - cos * cx + sin * cy], [sin, cos, cy - sin * cx - cos * cy]])
+        grid = F.affine_grid(theta[None], [1, 1, size, size], align_corners=False)
+        moved = (F.grid_sample(mask[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0] > 0.5)
+        region = moved[0]
+        if not region.any() or bool(region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any()):
+            return mask, box
+        rows, cols = region.any(1).nonzero()[:, 0], region.any(0).nonzero()[:, 0]
+        new = torch.stack([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]).to(box.dtype)
+        if _orientation(new) != _orientation(box):
+            return mask, box
+        return moved.to(mask.dtype), new
 
     def __len__(self) -> int:
         return len(self.masks)
@@ -110,6 +162,8 @@ class SCMGMaskDataset(Dataset):
         if self.flip_prob > 0 and float(torch.rand(())) < self.flip_prob:
             mask = mask.flip(-1)
             box = torch.stack([self.image_size - box[2], box[1], self.image_size - box[0], box[3]])
+        if self.rotate_deg > 0 or self.scale > 0:
+            mask, box = self._rotate_scale(mask, box)
         return {"mask": mask, "bbox": box, "label": torch.tensor(self.labels[index], dtype=torch.long)}
 
 
@@ -227,6 +281,11 @@ class SCMGTrainer(Trainer):
         cls_weight: weight of ``L_cls^G``.
         cur_weight: weight of ``L_cur`` (0 for the ablation without the curvature loss).
         rect_weight: weight of ``L_rect``.
+        cur_class_weights: per tumor type, a factor on each sample's ``L_cur`` (None, the
+            default: 1 for every type, the paper's loss).
+        d_branch_weights: ``(spatial, Fourier)`` weights of the discriminator's branches in the
+            gradient of ``L_adv^G`` and ``L_cls^G`` (None, the default: ``(1, 1)``; the loss
+            values and the discriminator's own training are unchanged).
         seed: seed of the trainer's noise generator.
         train_handlers: Ignite handlers to attach.
         **kwargs: passed to ``monai.engines.Trainer``.
@@ -249,6 +308,8 @@ class SCMGTrainer(Trainer):
         cls_weight: float = 1.0,
         cur_weight: float = 10.0,
         rect_weight: float = 0.3,
+        cur_class_weights: Sequence[float] | None = None,
+        d_branch_weights: Sequence[float] | None = None,
         seed: int = 0,
         train_handlers: Sequence[Any] | None = None,
         **kwargs: Any,
@@ -264,17 +325,35 @@ class SCMGTrainer(Trainer):
         self.cls_weight = float(cls_weight)
         self.cur_weight = float(cur_weight)
         self.rect_weight = float(rect_weight)
+        self.cur_class_weights = None if cur_class_weights is None else torch.tensor(
+            [float(w) for w in cur_class_weights])
+        branches = None if d_branch_weights is None else tuple(float(w) for w in d_branch_weights)
+        if branches is not None and (len(branches) != 2 or min(branches) < 0):
+            raise BusmonaiInputError(f"d_branch_weights must be two weights >= 0 (spatial, Fourier), got {d_branch_weights}")
+        if self.cur_class_weights is not None and float(self.cur_class_weights.min()) < 0:
+            raise BusmonaiInputError(f"cur_class_weights must be >= 0, got {cur_class_weights}")
+        self.d_branch_weights = None if branches == (1.0, 1.0) else branches
         self.noise = torch.Generator().manual_seed(int(seed))
 
     def generator_losses(self, fake: torch.Tensor, maps: torch.Tensor, types: torch.Tensor) -> dict[str, torch.Tensor]:
         """The generator's loss terms on generated masks ``fake`` (graph kept for backward)."""
-        adv_logits, type_logits = self.discriminator(fake, maps)
-        targets = _unwrap(self.generator).curvature_targets[types]
+        if self.d_branch_weights is None:
+            adv_logits, type_logits = self.discriminator(fake, maps)
+        else:
+            adv_logits, type_logits = self.discriminator(fake, maps, branch_weights=self.d_branch_weights)
+        all_targets = _unwrap(self.generator).curvature_targets
+        targets = all_targets[types]
         kappa = boundary_curvature_torch(fake)
+        cur = (kappa - targets).abs()
+        if self.cur_class_weights is not None:
+            if self.cur_class_weights.numel() != all_targets.numel():
+                raise BusmonaiInputError(f"cur_class_weights needs one weight per tumor type ({all_targets.numel()}), "
+                                         f"got {self.cur_class_weights.tolist()}")
+            cur = cur * self.cur_class_weights.to(cur)[types]
         terms = {
             "adv_loss": F.binary_cross_entropy_with_logits(adv_logits, torch.ones_like(adv_logits)),
             "cls_loss": F.cross_entropy(type_logits, types),
-            "cur_loss": (kappa - targets).abs().mean(),
+            "cur_loss": cur.mean(),
             "rect_loss": rectangle_adherence_loss(fake, maps).mean(),
         }
         terms["g_loss"] = (self.adv_weight * terms["adv_loss"] + self.cls_weight * terms["cls_loss"]

@@ -28,9 +28,20 @@ varying features of ``z``, which survives the normalisation.
 
 The generator also carries, as buffers saved in its state dict, what inference needs without
 the training data: its own hyper-parameters (:meth:`SCMGGenerator.from_state_dict`), the
-class-specific curvature targets of the curvature loss, and a bank of normalised training
+class-specific curvature targets of the curvature loss, a bank of normalised training
 rectangles per class from which random rectangles are drawn
-(:func:`busmonai.engines.scmg.sample_bboxes`).
+(:func:`busmonai.engines.scmg.sample_bboxes`), and ``map_blur``.
+
+Recipe switches (ours, not in the paper; the defaults are the paper's recipe):
+
+- ``map_blur`` of the generator: the rectangle map reaches the SPADE blocks as a soft prior,
+  Gaussian-blurred with a standard deviation of ``map_blur`` times the image side and rescaled
+  to a peak of 1 (:func:`soften_rectangle_maps`), instead of the hard box; 0 keeps the hard box.
+  The input stays the hard map, so inference and ``busmonai masks`` need no change, and the
+  value is a buffer of the checkpoint (checkpoints without it load as 0).
+- ``branch_weights`` of :meth:`SCMGDiscriminator.forward`: the weights of the spatial and the
+  Fourier branch in the *gradient* that reaches the generator (the logits are unchanged, so the
+  discriminator trains as in the paper); the trainer passes them in its generator step.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ __all__ = [
     "TUMOR_TYPES",
     "SCMGDiscriminator",
     "SCMGGenerator",
+    "soften_rectangle_maps",
     "tumor_type_index",
     "validate_bbox_maps",
     "validate_types",
@@ -119,6 +131,30 @@ def validate_bbox_maps(maps: torch.Tensor, batch: int, image_size: int) -> torch
     return maps
 
 
+def soften_rectangle_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Rectangle maps ``(B, 1, H, W)`` blurred by a Gaussian of ``sigma`` pixels and rescaled to a peak of 1.
+
+    Zero padding (outside the image is outside every rectangle); the kernel is truncated at
+    ``3 sigma``. ``sigma <= 0`` returns ``maps`` unchanged (the hard box).
+    """
+    if sigma <= 0:
+        return maps
+    radius = max(1, math.ceil(3.0 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = F.conv2d(maps, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    out = F.conv2d(out, kernel.view(1, 1, -1, 1), padding=(radius, 0))
+    return out / out.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+
+
+def _scale_gradient(x: torch.Tensor, weight: float) -> torch.Tensor:
+    """``x`` in the forward pass; its gradient multiplied by ``weight`` in the backward pass."""
+    if weight == 1.0:
+        return x
+    return x * weight + x.detach() * (1.0 - weight)
+
+
 def _resize_map(maps: torch.Tensor, size: int) -> torch.Tensor:
     """Rectangle map at a block's resolution: area average (a soft border at coarse levels)."""
     if maps.shape[-1] == size:
@@ -140,6 +176,9 @@ class SCMGGenerator(nn.Module):
         start_size: side ``H0 = W0`` of the projected feature map ``F0`` (4 or 8).
         type_embed_dim: size of the tumor-type embedding concatenated to ``F0``.
         spade_hidden: hidden channels of each SPADE block's modulation network.
+        map_blur: soft rectangle prior: Gaussian blur of the rectangle map before the SPADE
+            blocks, standard deviation as a fraction of ``image_size`` (0: the hard box; see
+            the module docstring). Stored in the ``map_blur`` buffer.
 
     Forward:
         ``(z (B, latent_dim), types (B,) long, bbox_maps (B, 1, H, W)) -> (B, 1, H, W)`` in
@@ -147,7 +186,8 @@ class SCMGGenerator(nn.Module):
     """
 
     def __init__(self, latent_dim: int = 64, num_types: int = 2, base_channels: int = 32, image_size: int = 64,
-                 start_size: int = 4, type_embed_dim: int = 16, spade_hidden: int = 32) -> None:
+                 start_size: int = 4, type_embed_dim: int = 16, spade_hidden: int = 32,
+                 map_blur: float = 0.0) -> None:
         super().__init__()
         n_blocks = math.log2(image_size / start_size) if image_size > 0 and start_size > 0 else -1
         if n_blocks < 1 or n_blocks != int(n_blocks):
@@ -156,6 +196,8 @@ class SCMGGenerator(nn.Module):
             )
         if min(latent_dim, num_types, base_channels, type_embed_dim, spade_hidden) < 1:
             raise BusmonaiInputError("SCMG sizes (latent_dim, num_types, base_channels, ...) must be positive")
+        if not math.isfinite(map_blur) or map_blur < 0:
+            raise BusmonaiInputError(f"SCMG map_blur must be >= 0 (0: hard rectangle map), got {map_blur}")
         self.latent_dim, self.num_types, self.image_size = latent_dim, num_types, image_size
         self.start_size = start_size
         n = int(n_blocks)
@@ -177,6 +219,12 @@ class SCMGGenerator(nn.Module):
         self.register_buffer("arch", torch.tensor(arch, dtype=torch.int64))
         self.register_buffer("curvature_targets", torch.zeros(num_types))
         self.register_buffer("box_bank", torch.zeros(num_types, BOX_BANK_SIZE, 4))
+        self.register_buffer("map_blur", torch.tensor(float(map_blur)))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        """Checkpoints written before the soft rectangle prior have no ``map_blur``: the hard box (0)."""
+        state_dict.setdefault(prefix + "map_blur", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> SCMGGenerator:
@@ -221,9 +269,10 @@ class SCMGGenerator(nn.Module):
         h = self.project(z).view(batch, self.c0, self.start_size, self.start_size)
         k = self.type_embed(types)[:, :, None, None].expand(-1, -1, self.start_size, self.start_size)
         h = F.relu(self.fuse(torch.cat([h, k], dim=1)))
+        prior = soften_rectangle_maps(bbox_maps, float(self.map_blur) * self.image_size)
         for spade, conv in zip(self.spades, self.convs):
             h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-            h = conv(F.relu(spade(h, _resize_map(bbox_maps, h.shape[-1]))))
+            h = conv(F.relu(spade(h, _resize_map(prior, h.shape[-1]))))
         return torch.sigmoid(self.out(h))
 
 
@@ -258,7 +307,9 @@ class SCMGDiscriminator(nn.Module):
         use_bbox: concatenate the rectangle map as a second input channel of the spatial branch.
 
     Forward:
-        ``(masks (B, 1, H, W), bbox_maps (B, 1, H, W) or None) -> (adv (B,), type_logits (B, T))``.
+        ``(masks (B, 1, H, W), bbox_maps (B, 1, H, W) or None, branch_weights (spatial, Fourier)
+        or None) -> (adv (B,), type_logits (B, T))``; ``branch_weights`` scale each branch's
+        gradient, not its features (see the module docstring).
     """
 
     def __init__(self, num_types: int = 2, base_channels: int = 32, image_size: int = 64,
@@ -274,7 +325,8 @@ class SCMGDiscriminator(nn.Module):
         self.adv_head = nn.Linear(features, 1)
         self.type_head = nn.Linear(features, num_types)
 
-    def forward(self, masks: torch.Tensor, bbox_maps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, masks: torch.Tensor, bbox_maps: torch.Tensor | None = None,
+                branch_weights: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Real/fake logits ``(B,)`` and tumor-type logits ``(B, num_types)``."""
         if masks.ndim != 4 or masks.shape[1] != 1:
             raise BusmonaiInputError(f"discriminator input must be (B, 1, H, W) masks, got {tuple(masks.shape)}")
@@ -285,5 +337,7 @@ class SCMGDiscriminator(nn.Module):
             spatial_in = torch.cat([masks, bbox_maps.to(masks)], dim=1)
         a = self.spatial(spatial_in).mean(dim=(2, 3))
         b = self.frequency(fourier_magnitude(masks)).mean(dim=(2, 3))
+        if branch_weights is not None:
+            a, b = _scale_gradient(a, float(branch_weights[0])), _scale_gradient(b, float(branch_weights[1]))
         features = torch.cat([a, b], dim=1)
         return self.adv_head(features)[:, 0], self.type_head(features)
