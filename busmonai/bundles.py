@@ -9,10 +9,14 @@ copied anywhere runs from any working directory. ``bundle_root`` defaults to
 from __future__ import annotations
 
 import logging
+import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from busmonai.errors import BusmonaiInputError
 
@@ -199,7 +203,7 @@ def export_bundle(stage: str, run_dir: str | Path, out: str | Path, overwrite: b
     import shutil
     import warnings
 
-    from busmonai.atomic import atomic_directory
+    from busmonai.files import atomic_directory
     from busmonai.networks.described import read_record
 
     if stage not in STAGES:
@@ -265,3 +269,75 @@ def _set_spatial_shape(metadata: Path, size: int) -> None:
         if entry and len(entry.get("spatial_shape", [])) == 2 and entry.get("type") == "image":
             entry["spatial_shape"] = [size, size]
     metadata.write_text(json.dumps(meta, indent=4) + "\n")
+
+
+def _is_self_describing(path: Path) -> bool:
+    """True for a ``torch.save``d dict with an architecture record (not TorchScript, not a bare state dict)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:  # TorchScript archives hold code/; checkpoints do not
+            if any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist()):
+                return False
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - other files are not checkpoints
+        return False
+    return isinstance(data, dict) and isinstance(data.get("arch"), dict)
+
+
+def load_bundle_network(
+    checkpoint: Path | str, config: Path | str | None = None, key: str = "classifier"
+) -> torch.nn.Module:
+    """Load a downstream network for evaluation (``busmonai evaluate``), in eval mode on the CPU.
+
+    Args:
+        checkpoint: a bundle's self-describing ``model.pt`` (weights and architecture record:
+            no config needed), a TorchScript file (the bundles' ``ckpt_export`` output), or, with
+            ``config``, a ``torch.save``d state dict (optionally under a ``model`` entry).
+        config: the bundle config (JSON or YAML) whose ``network_def`` builds the network.
+        key: the CLI option that named the checkpoint (``classifier`` or ``segmenter``), used
+            in error messages.
+
+    Raises:
+        BusmonaiInputError: missing file, a file that is not TorchScript (without ``config``),
+            a config without ``network_def``, or weights that do not fit it.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise BusmonaiInputError(
+            f"{checkpoint}: {key} checkpoint not found; train and export the {key} bundle first "
+            f"or pass an existing file with --{key}"
+        )
+    if config is None and _is_self_describing(checkpoint):
+        from busmonai.networks.described import load_network as load_described
+
+        stage = str(torch.load(checkpoint, map_location="cpu", weights_only=True)["arch"].get("stage"))
+        return load_described(checkpoint, key, stage).eval()
+    if config is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=FutureWarning)
+                network = torch.jit.load(str(checkpoint), map_location="cpu")
+        except Exception as err:  # noqa: BLE001 - torch raises many types for a non-TorchScript file
+            raise BusmonaiInputError(
+                f"{checkpoint}: not a TorchScript {key} ({type(err).__name__}); pass the file written by the "
+                f"bundle's ckpt_export, or a state dict together with --{key}-config CONFIG"
+            ) from err
+        return network.eval()
+    from monai.bundle import ConfigParser
+
+    from busmonai.checkpoint_io import load_weights, read_checkpoint
+
+    config = Path(config)
+    if not config.is_file():
+        raise BusmonaiInputError(f"{config}: {key} config not found; pass the bundle's configs/train.json")
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(config))
+    except Exception as err:  # noqa: BLE001 - JSON / YAML errors
+        raise BusmonaiInputError(f"{config}: not a readable bundle config ({err})") from err
+    if "network_def" not in parser:
+        raise BusmonaiInputError(f"{config}: no 'network_def' key; pass the {key} bundle's configs/train.json")
+    network = parser.get_parsed_content("network_def")
+    state = read_checkpoint(checkpoint, key)
+    entry = "model" if isinstance(state.get("model"), dict) else None
+    return load_weights(network, checkpoint, key, entry).eval()

@@ -127,11 +127,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    """``busmonai evaluate fid|adherence|fidelity|curvature ...``: print a table, write ``--json``."""
+    """``busmonai evaluate fid|adherence|fidelity|curvature|masks ...``: print a table, write ``--json``."""
+    from busmonai.bundles import load_bundle_network
     from busmonai.metrics import sources
 
     def network(path: Path, config: Path | None, key: str) -> Callable:
-        return sources.probability_fn(sources.load_network(path, config, key), args.activation)
+        return sources.probability_fn(load_bundle_network(path, config, key), args.activation)
 
     if args.metric == "fid":
         from busmonai.metrics.fid import compute_fid_kid
@@ -155,6 +156,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                    args.split)
         rows = [("AUC", f"{result['auc']:.3f}"), ("accuracy@0.5", f"{result['accuracy']:.3f}"),
                 ("images", f"{result['n_benign']} benign, {result['n_malignant']} malignant")]
+    elif args.metric == "masks":
+        from busmonai.metrics.mask_realism import evaluate_mask_realism, realism_rows
+
+        result = evaluate_mask_realism(args.real, args.generated, args.split, sheet=args.sheet, seed=args.seed)
+        rows = realism_rows(result)
     else:
         from busmonai.metrics.curvature_stats import mask_curvature_statistics
 
@@ -268,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("evaluate", help="FID/KID, mask adherence, label fidelity, curvature of generated images")
+    p = sub.add_parser("evaluate", help="FID/KID, mask adherence, label fidelity, curvature of generated images, mask realism")
     metrics = p.add_subparsers(dest="metric", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
@@ -291,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--classifier-config", type=Path, default=None, help="bundle config with network_def")
     m = metrics.add_parser("curvature", parents=[common], help="boundary curvature of masks per class")
     m.add_argument("masks", type=Path, help="folder of masks or a datalist .json")
+    m = metrics.add_parser("masks", parents=[common], help="realism of generated masks against real ones "
+                           "(two-sample AUC, shape statistics, diversity); --split: real split (default training)")
+    m.add_argument("real", type=Path, help="prepared datalist .json (its training masks are the real reference)")
+    m.add_argument("generated", type=Path, help="the --out folder of 'busmonai masks' (or a folder of such folders)")
+    m.add_argument("--sheet", type=Path, default=None,
+                   help="PNG of real vs generated masks per class (default: GENERATED_realism.png beside GENERATED)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the two-sample classifier (default 0)")
     for m in (metrics.choices["adherence"], metrics.choices["fidelity"]):
         m.add_argument("--activation", choices=("auto", "sigmoid", "softmax", "none"), default="auto",
                        help="network output -> probability (auto: sigmoid for 1 channel, softmax for 2+)")

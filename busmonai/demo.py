@@ -115,11 +115,11 @@ def _generate(out: Path, datalist: Path, n: int) -> dict[str, Any]:
 
 
 def _network(stage: str, out: Path) -> Any:
+    from busmonai.bundles import load_bundle_network
     from busmonai.metrics import sources
-
     from busmonai.pipeline import product_path
 
-    network = sources.load_network(product_path(out / "runs", stage), None, stage)  # self-describing
+    network = load_bundle_network(product_path(out / "runs", stage), None, stage)  # self-describing
     return sources.probability_fn(network, "auto")
 
 

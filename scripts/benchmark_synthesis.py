@@ -95,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
     segmenter = None
     if args.segmenter is not None:
+        from busmonai.bundles import load_bundle_network
         from busmonai.metrics import sources
 
-        segmenter = sources.probability_fn(sources.load_network(args.segmenter, args.segmenter_config, "segmenter"),
+        segmenter = sources.probability_fn(load_bundle_network(args.segmenter, args.segmenter_config, "segmenter"),
                                            "sigmoid")
     for mode in ("full", "text", "mask"):
         generated = generate_mode(out, datalist, mode, args.n, args.steps, args.guidance, args.batch_size)

@@ -11,7 +11,7 @@ import torch
 
 from bundle_runner import LDM_TRAIN, REPO, TINY_AUTOENCODER, TINY_UNET, ldm_overrides, run_bundle
 from busmonai.errors import BusmonaiInputError, find_input_error
-from busmonai.networks import lora
+from busmonai.networks import lora, lora_file
 
 LORA_TRAIN = "bundles/lora/configs/train.json"
 LORA_INFERENCE = "bundles/lora/configs/inference.json"
@@ -134,29 +134,29 @@ def test_saved_adapter_reloads_to_same_output(tmp_path: Path) -> None:
     model.eval()
     x, t, c = _inputs()
     expected = model(x, t, c)
-    path = lora.save_adapter(model, tmp_path / "adapter.safetensors")
+    path = lora_file.save_adapter(model, tmp_path / "adapter.safetensors")
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["rank"] == 2 and config["base_ldm_digest"] == "abc" and config["targets"] == ["to_q", "attn2.to_k"]
     assert config["n_parameters"] == lora.count_trainable(model)
     fresh = _ldm()
     fresh.load_state_dict(base)
-    lora.load_adapter(fresh, path, base_digest="abc")
+    lora_file.load_adapter(fresh, path, base_digest="abc")
     assert torch.equal(fresh(x, t, c), expected)
     merged = _ldm()
     merged.load_state_dict(base)
-    lora.load_adapter(merged, path, merge_weights=True)
+    lora_file.load_adapter(merged, path, merge_weights=True)
     assert torch.allclose(merged(x, t, c), expected, atol=1e-5)
 
 
 def test_bad_adapters_and_targets_give_clear_errors(tmp_path: Path) -> None:
     model = lora.apply_lora(_ldm(), "attention", rank=2, base_digest="aaaa")
-    path = lora.save_adapter(model, tmp_path / "adapter.safetensors")
+    path = lora_file.save_adapter(model, tmp_path / "adapter.safetensors")
     with pytest.raises(BusmonaiInputError, match="trained for a different UNet.*to_q"):
-        lora.load_adapter(_ldm(channels=(8, 16, 16)), path)
+        lora_file.load_adapter(_ldm(channels=(8, 16, 16)), path)
     with pytest.raises(BusmonaiInputError, match="trained for a different UNet"):
-        lora.load_adapter(_ldm(context_dim=16), path)
+        lora_file.load_adapter(_ldm(context_dim=16), path)
     with pytest.raises(BusmonaiInputError, match="trained on the LDM checkpoint aaaa"):
-        lora.load_adapter(_ldm(), path, base_digest="bbbb")
+        lora_file.load_adapter(_ldm(), path, base_digest="bbbb")
     with pytest.raises(BusmonaiInputError) as info:
         lora.apply_lora(_ldm(), ["to_q", "to_query"], rank=2)
     message = str(info.value)
@@ -165,10 +165,10 @@ def test_bad_adapters_and_targets_give_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(BusmonaiInputError, match="lora_rank"):
         lora.apply_lora(_ldm(), "attention", rank=0)
     with pytest.raises(BusmonaiInputError, match="not found"):
-        lora.load_adapter(_ldm(), tmp_path / "missing.safetensors")
+        lora_file.load_adapter(_ldm(), tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(BusmonaiInputError, match="not a safetensors"):
-        lora.load_adapter(_ldm(), tmp_path / "junk.safetensors")
+        lora_file.load_adapter(_ldm(), tmp_path / "junk.safetensors")
 
 
 # ------------------------------------------------------------------------------------------ bundle
@@ -208,7 +208,7 @@ def test_bundle_trains_adapter_only(trained_lora: Path, base_ldm: Path) -> None:
     resume = next(trained_lora.glob("resume_*.pt"))
     assert resume.stat().st_size < 10 * adapter.stat().st_size + 100_000  # no frozen UNet in it
     metrics = json.loads((trained_lora / "metrics.json").read_text())
-    config = lora.read_adapter_config(adapter)
+    config = lora_file.read_adapter_config(adapter)
     assert metrics["trainable_parameters"] == config["n_parameters"] > 0
     assert metrics["trainable_parameters"] < metrics["unet_parameters"] / 5
     assert config["prompt_domain"] == "BUSI" and config["rank"] == 2
@@ -258,7 +258,7 @@ def test_adapter_for_other_unet_is_refused_by_bundle(trained_lora: Path, trained
                                                      base_ldm: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.safetensors"
     model = lora.apply_lora(_ldm(), "attention", rank=2)
-    lora.save_adapter(model, other)
+    lora_file.save_adapter(model, other)
     with pytest.raises(Exception) as info:
         run_bundle([LORA_INFERENCE], output_dir=str(tmp_path / "x"), lora_adapter=str(other), image_size=32,
                    autoencoder_ckpt=str(trained_autoencoder / "model.pt"), ldm_ckpt=str(base_ldm / "model.pt"),

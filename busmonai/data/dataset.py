@@ -162,3 +162,36 @@ class Greyscaled(MapTransform):
                     np.mean(image, axis=0, keepdims=True)
             out[key] = image
         return out
+
+
+def domain_prompt_items(items: Sequence[dict[str, Any]], domain: str | None = None) -> list[dict[str, Any]]:
+    """Items whose prompt names the target domain, ``"UDIAT: breast ultrasound image of ..."`` (the
+    ``domain`` prefix of :func:`busmonai.clinical.prompts.build_prompt`), so an adapter can learn the
+    new scanner under its own name; ``domain=None`` returns the items unchanged.
+
+    Args:
+        items: datalist items with a ``prompt`` (built by ``busmonai prepare`` from class,
+            echogenicity and boundary).
+        domain: the domain name (the bundle's ``prompt_domain``), or None.
+    """
+    if not domain:
+        return [dict(item) for item in items]
+    prefix = f"{domain}: "
+    return [{**item, "prompt": item["prompt"] if item["prompt"].startswith(prefix) else prefix + item["prompt"]}
+            for item in items]
+
+
+def datalist_domain(datalist: str | Path) -> str:
+    """The domain name of a prepared datalist: its items' ``domain`` field, else its ``name``.
+
+    Raises:
+        BusmonaiInputError: neither is present (pass ``--prompt_domain NAME``).
+    """
+    data = load_datalist(Path(datalist))
+    for split in ("training", "validation", "test"):
+        for item in data.get(split) or []:
+            if item.get("domain"):
+                return str(item["domain"])
+    if data.get("name"):
+        return str(data["name"])
+    raise BusmonaiInputError(f"{datalist}: no 'domain' or 'name' to put in the prompt; pass --prompt_domain NAME")

@@ -83,7 +83,7 @@ from PIL import Image
 from scipy import fft, ndimage, signal
 from tqdm import tqdm
 
-from busmonai.atomic import atomic_directory
+from busmonai.files import atomic_directory
 from busmonai.errors import BusmonaiInputError
 
 PHANTOM_CLASSES: tuple[str, str, str] = ("benign", "malignant", "normal")

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from busmonai import __version__
-from busmonai.atomic import atomic_directory
+from busmonai.files import atomic_directory
 from busmonai.clinical.attributes import AttributeRule, AttributeScores, attribute_scores
 from busmonai.clinical.bbox import mask_bbox
 from busmonai.clinical.prompts import build_prompt

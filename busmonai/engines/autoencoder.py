@@ -202,7 +202,7 @@ def reconstruct_datalist(network: nn.Module, items: Sequence[dict[str, Any]], im
 
     from busmonai.data.dataset import LoadPNGd
     from busmonai.data.imageio import save_png
-    from busmonai.engines.handlers import write_json_atomic
+    from busmonai.files import write_json_atomic
     from busmonai.visualize import grid
 
     load = LoadPNGd(keys="image", image_size=image_size)

@@ -20,10 +20,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from busmonai.engines.consistency import SegmentationConsistency
-from busmonai.networks.latent_diffusion import MASK_FILL
+from busmonai.networks.latent_diffusion import MASK_FILL, UNCONDITIONAL_FILL
 
-UNCONDITIONAL_FILL = -1.0
-"""Context value of a dropped prompt; MONAI's ``DiffusionInferer.sample(cfg_fill_value=-1)``."""
 
 
 def warmup_decay(decay: float, updates: int) -> float:

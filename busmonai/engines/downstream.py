@@ -31,7 +31,7 @@ from torch import nn
 
 from busmonai.data.dataset import LoadPNGd
 from busmonai.data.mixing import class_counts
-from busmonai.engines.handlers import write_json_atomic
+from busmonai.files import write_json_atomic
 from busmonai.errors import BusmonaiInputError
 
 __all__ = [

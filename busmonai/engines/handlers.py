@@ -12,30 +12,33 @@
 - :class:`ValidateAtEnd`: one last validation when training ends off the validation interval.
 - :class:`AdaptiveSamplerUpdate`: after each validation, LT-GenAug's agents learn from the
   validation metric and change how many synthetic images of each class enter a batch.
+- :class:`AdapterState`, :class:`AdapterSaver`: a LoRA adapter's weights as a resume-checkpoint
+  entry, and ``adapter.safetensors`` written during training.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import re
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from busmonai.checkpoint_io import state_dict_mismatch
 from busmonai.data.imageio import save_png
 from busmonai.errors import BusmonaiInputError
+from busmonai.files import write_json_atomic
+from busmonai.networks.lora import is_lora_key
+from busmonai.networks.lora_file import save_adapter
 from busmonai.visualize import grid
 
 logger = logging.getLogger(__name__)
@@ -58,17 +61,6 @@ def latest_resume_checkpoint(output_dir: str | Path) -> Path | None:
     """The most recently written ``resume_*=N.pt`` checkpoint in ``output_dir`` (ties: highest N), or None."""
     found = resume_checkpoints(output_dir)
     return found[0] if found else None
-
-
-def write_json_atomic(data: Mapping[str, Any], path: str | Path) -> None:
-    """Write JSON through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(data, stream, indent=1, default=float)
-        stream.write("\n")
-    os.replace(tmp, path)
 
 
 class NullSummaryWriter:
@@ -482,3 +474,55 @@ class AdaptiveSamplerUpdate:
         self.agents.load_state_dict(state.get("agents", {}))
         self.sampler.load_state_dict(state.get("sampler", {}))
         self.history = list(state.get("history", []))
+
+
+class AdapterState:
+    """The adapter weights of ``module`` (plus ``extra`` entries such as an EMA's ``n_averaged``)
+    as a ``state_dict`` / ``load_state_dict`` object, so resume checkpoints hold kilobytes of
+    adapter instead of the frozen UNet."""
+
+    def __init__(self, module: nn.Module, extra: Iterable[str] = ("n_averaged",)) -> None:
+        self.module = module
+        self.extra = tuple(extra)
+
+    def _keep(self, key: str) -> bool:
+        return is_lora_key(key) or key in self.extra
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapter weights under the module's own keys."""
+        return {k: v for k, v in self.module.state_dict().items() if self._keep(k)}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+        """Load adapter weights; with ``strict``, keys must match exactly."""
+        own = set(self.state_dict())
+        if strict and set(state) != own:
+            diff = sorted(set(state) ^ own)
+            raise KeyError(f"adapter state does not fit: {', '.join(diff[:3])}")
+        self.module.load_state_dict(dict(state), strict=False)
+
+
+class AdapterSaver:
+    """Ignite handler: :func:`save_adapter` of ``model`` every ``interval`` epochs and at completion.
+
+    Args:
+        model: the model whose adapter is saved (the EMA copy).
+        path: ``adapter.safetensors``.
+        interval: epochs between saves (0: only at completion).
+        extra: entries added to the adapter config.
+    """
+
+    def __init__(self, model: nn.Module, path: str | Path, interval: int = 1,
+                 extra: Mapping[str, Any] | None = None) -> None:
+        self.model = model
+        self.path = Path(path)
+        self.interval = int(interval)
+        self.extra = dict(extra or {})
+
+    def attach(self, engine: Any) -> None:
+        """Register on ``EPOCH_COMPLETED(every=interval)`` and ``COMPLETED``."""
+        if self.interval > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        save_adapter(self.model, self.path, {**self.extra, "iterations": int(engine.state.iteration)})

@@ -23,15 +23,7 @@ from tqdm import tqdm
 
 from busmonai.data.dataset import LoadPNGd
 from busmonai.errors import BusmonaiInputError
-
-
-def file_digest(path: str | Path, length: int = 16) -> str:
-    """Short SHA-256 of a file's bytes (recorded in checkpoints and synthetic datalists)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
+from busmonai.files import file_digest
 
 
 def _fingerprint(items: Sequence[dict[str, Any]], autoencoder_ckpt: str | Path, image_size: int, flips: bool,

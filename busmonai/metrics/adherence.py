@@ -7,7 +7,7 @@ The segmentation comes from
 (a) **a segmenter** trained on real images: a callable ``segment(images) -> probabilities`` on
     ``(B, 1, H, W)`` float images in [0, 1] returning ``(B, 1, H, W)`` (or ``(B, H, W)``) lesion
     probabilities, thresholded at 0.5. The downstream segmentation bundle's network plugs in
-    here (:func:`busmonai.metrics.sources.load_network` + :func:`busmonai.metrics.sources.probability_fn`).
+    here (:func:`busmonai.bundles.load_bundle_network` + :func:`busmonai.metrics.sources.probability_fn`).
 (b) **a training-free fallback** (:func:`fallback_segment`) when no segmenter exists yet. It
     uses the conditioning mask only to choose where to look, never its shape:
 

@@ -13,7 +13,7 @@ the probability that a random positive outranks a random negative, counting ties
 The classifier is a callable ``predict(images) -> P(malignant)`` on ``(B, 1, H, W)`` float
 images in [0, 1] returning ``(B,)`` or ``(B, 1)`` probabilities; from the command line, a
 TorchScript file (the classification bundle's ``ckpt_export`` output) or a state dict with its
-bundle config (:func:`busmonai.metrics.sources.load_network`).
+bundle config (:func:`busmonai.bundles.load_bundle_network`).
 """
 
 from __future__ import annotations

@@ -17,14 +17,12 @@ Every ``busmonai evaluate`` command takes its images from one of two kinds of so
 Images are read with :func:`busmonai.data.imageio.load_gray` (greyscale float in [0, 255]).
 Checkpoints of downstream networks (segmenter, classifier) are a TorchScript file (what the
 bundles' ``ckpt_export`` writes) or a state dict together with the bundle config whose
-``network_def`` builds the network (:func:`load_network`).
+``network_def`` builds the network (:func:`busmonai.bundles.load_bundle_network`).
 """
 
 from __future__ import annotations
 
 import json
-import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,78 +238,6 @@ def load_mask_array(path: Path | str, shape: tuple[int, int] | None = None) -> n
             "fix the datalist"
         )
     return binary
-
-
-def _is_self_describing(path: Path) -> bool:
-    """True for a ``torch.save``d dict with an architecture record (not TorchScript, not a bare state dict)."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:  # TorchScript archives hold code/; checkpoints do not
-            if any(name.split("/", 2)[1:2] == ["code"] for name in archive.namelist()):
-                return False
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - other files are not checkpoints
-        return False
-    return isinstance(data, dict) and isinstance(data.get("arch"), dict)
-
-
-def load_network(
-    checkpoint: Path | str, config: Path | str | None = None, key: str = "classifier"
-) -> torch.nn.Module:
-    """Load a downstream network for evaluation, in eval mode on the CPU.
-
-    Args:
-        checkpoint: a bundle's self-describing ``model.pt`` (weights and architecture record:
-            no config needed), a TorchScript file (the bundles' ``ckpt_export`` output), or, with
-            ``config``, a ``torch.save``d state dict (optionally under a ``model`` entry).
-        config: the bundle config (JSON or YAML) whose ``network_def`` builds the network.
-        key: the CLI option that named the checkpoint (``classifier`` or ``segmenter``), used
-            in error messages.
-
-    Raises:
-        BusmonaiInputError: missing file, a file that is not TorchScript (without ``config``),
-            a config without ``network_def``, or weights that do not fit it.
-    """
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise BusmonaiInputError(
-            f"{checkpoint}: {key} checkpoint not found; train and export the {key} bundle first "
-            f"or pass an existing file with --{key}"
-        )
-    if config is None and _is_self_describing(checkpoint):
-        from busmonai.networks.described import load_network as load_described
-
-        stage = str(torch.load(checkpoint, map_location="cpu", weights_only=True)["arch"].get("stage"))
-        return load_described(checkpoint, key, stage).eval()
-    if config is None:
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=FutureWarning)
-                network = torch.jit.load(str(checkpoint), map_location="cpu")
-        except Exception as err:  # noqa: BLE001 - torch raises many types for a non-TorchScript file
-            raise BusmonaiInputError(
-                f"{checkpoint}: not a TorchScript {key} ({type(err).__name__}); pass the file written by the "
-                f"bundle's ckpt_export, or a state dict together with --{key}-config CONFIG"
-            ) from err
-        return network.eval()
-    from monai.bundle import ConfigParser
-
-    from busmonai.checkpoint_io import load_weights, read_checkpoint
-
-    config = Path(config)
-    if not config.is_file():
-        raise BusmonaiInputError(f"{config}: {key} config not found; pass the bundle's configs/train.json")
-    parser = ConfigParser()
-    try:
-        parser.read_config(str(config))
-    except Exception as err:  # noqa: BLE001 - JSON / YAML errors
-        raise BusmonaiInputError(f"{config}: not a readable bundle config ({err})") from err
-    if "network_def" not in parser:
-        raise BusmonaiInputError(f"{config}: no 'network_def' key; pass the {key} bundle's configs/train.json")
-    network = parser.get_parsed_content("network_def")
-    state = read_checkpoint(checkpoint, key)
-    entry = "model" if isinstance(state.get("model"), dict) else None
-    return load_weights(network, checkpoint, key, entry).eval()
 
 
 def probability_fn(network: Callable[[torch.Tensor], torch.Tensor], activation: str = "auto",

@@ -45,7 +45,7 @@ class BoundControlNet(nn.Module):
 
     Args:
         controlnet: the ControlNet.
-        base_digest: :func:`busmonai.engines.latents.file_digest` of the LDM ``model.pt``.
+        base_digest: :func:`busmonai.files.file_digest` of the LDM ``model.pt``.
     """
 
     def __init__(self, controlnet: nn.Module, base_digest: str = "") -> None:

@@ -20,6 +20,8 @@ from torch import nn
 
 MASK_FILL = -1.0
 """Mask-channel value of "no mask given" (a dropped mask in training, the unconditional branch)."""
+UNCONDITIONAL_FILL = -1.0
+"""Context value of a dropped prompt; MONAI's ``DiffusionInferer.sample(cfg_fill_value=-1)``."""
 
 
 class LatentDiffusionModel(nn.Module):

@@ -11,10 +11,9 @@ The layers are PEFT's (``peft.inject_adapter_in_model`` on MONAI's ``DiffusionMo
 ``SABlock`` / ``CrossAttentionBlock`` hold ``to_q``, ``to_k``, ``to_v`` and ``out_proj``
 ``nn.Linear`` layers). This module adds what the bundles need around them: target selection by
 name (presets, module paths, leaf names or regular expressions) with errors that list the valid
-names; freezing of every base weight; an adapter file with only the adapter weights
-(``adapter.safetensors``) and its config (``adapter_config.json``) carrying a fingerprint of the
-base UNet, so an adapter is refused by a UNet it was not trained for; merge and unmerge; and the
-parameter count ``r (d_in + d_out)`` per targeted layer.
+names; freezing of every base weight; a fingerprint of the base UNet; merge and unmerge; and the
+parameter count ``r (d_in + d_out)`` per targeted layer. The adapter file is
+:mod:`busmonai.networks.lora_file`; saving it during training, :class:`busmonai.engines.handlers.AdapterSaver`.
 """
 
 from __future__ import annotations
@@ -22,8 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,8 +31,6 @@ from busmonai.errors import BusmonaiInputError
 
 ADAPTER_NAME = "default"
 """PEFT's adapter name inside the modules (one adapter per UNet)."""
-METADATA_KEY = "busmonai_lora"
-"""Key of the adapter config in the safetensors header."""
 FORMAT_VERSION = 1
 PROJECTIONS: tuple[str, ...] = ("to_q", "to_k", "to_v", "qkv", "out_proj")
 """Linear projections of MONAI's attention blocks (``qkv`` when a block fuses q, k and v)."""
@@ -98,7 +94,7 @@ def attention_layers(unet: nn.Module) -> dict[str, str]:
     return found
 
 
-def _valid_names(unet: nn.Module) -> str:
+def valid_names(unet: nn.Module) -> str:
     leaves = sorted({leaf for name in linear_layers(unet) if not (leaf := name.rpartition(".")[2]).isdigit()})
     example = next(iter(attention_layers(unet)), next(iter(linear_layers(unet)), "..."))
     return (f"presets {', '.join(PRESETS)}; Linear layer names {', '.join(leaves)}; "
@@ -123,11 +119,11 @@ def resolve_targets(unet: nn.Module, targets: Targets) -> list[str]:
     linears = linear_layers(unet)
     attention = attention_layers(unet)
     if not entries:
-        raise BusmonaiInputError(f"LoRA 'lora_targets' is empty; valid: {_valid_names(unet)}")
+        raise BusmonaiInputError(f"LoRA 'lora_targets' is empty; valid: {valid_names(unet)}")
     chosen: set[str] = set()
     for entry in entries:
         if not isinstance(entry, str) or not entry:
-            raise BusmonaiInputError(f"LoRA target {entry!r} is not a name; valid: {_valid_names(unet)}")
+            raise BusmonaiInputError(f"LoRA target {entry!r} is not a name; valid: {valid_names(unet)}")
         if entry in PRESETS:
             kinds = ("self_attention", "cross_attention") if entry == "attention" else (entry,)
             matched = {name for name, kind in attention.items() if kind in kinds}
@@ -145,7 +141,7 @@ def resolve_targets(unet: nn.Module, targets: Targets) -> list[str]:
                        if name == entry or name.endswith("." + entry)
                        or (pattern is not None and pattern.fullmatch(name))}
             if not matched:
-                raise BusmonaiInputError(f"unknown LoRA target module {entry!r}; valid: {_valid_names(unet)}")
+                raise BusmonaiInputError(f"unknown LoRA target module {entry!r}; valid: {valid_names(unet)}")
         chosen |= matched
     return [name for name in linears if name in chosen]  # in module order
 
@@ -171,14 +167,14 @@ def count_parameters(model: nn.Module) -> int:
 
 def count_base_parameters(model: nn.Module) -> int:
     """Parameters of ``model`` without its adapters (what full fine-tuning would train)."""
-    return sum(p.numel() for k, p in model.named_parameters() if not _is_lora_key(k))
+    return sum(p.numel() for k, p in model.named_parameters() if not is_lora_key(k))
 
 
 # ----------------------------------------------------------------------------------------------
 # applying, reading and writing adapters
 
 
-def _is_lora_key(key: str) -> bool:
+def is_lora_key(key: str) -> bool:
     return ".lora_" in key or key.startswith("lora_")
 
 
@@ -189,12 +185,12 @@ def _canonical(key: str) -> str:
 def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The base (non-adapter) weights of ``model`` under their original names (``.base_layer``
     removed), e.g. to verify that adapter training left them unchanged."""
-    return {_canonical(k): v for k, v in model.state_dict().items() if not _is_lora_key(k)}
+    return {_canonical(k): v for k, v in model.state_dict().items() if not is_lora_key(k)}
 
 
 def unet_signature(unet: nn.Module) -> str:
     """Digest of the base UNet's architecture: every parameter's name and shape (adapters excluded)."""
-    shapes = sorted((_canonical(k), list(p.shape)) for k, p in unet_of(unet).named_parameters() if not _is_lora_key(k))
+    shapes = sorted((_canonical(k), list(p.shape)) for k, p in unet_of(unet).named_parameters() if not is_lora_key(k))
     return hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
 
 
@@ -255,7 +251,7 @@ def apply_lora(model: nn.Module, targets: Targets = "attention", rank: int = 4, 
     inject_adapter_in_model(config, unet, adapter_name=ADAPTER_NAME)
     model.requires_grad_(False)
     for key, param in unet.named_parameters():
-        param.requires_grad_(_is_lora_key(key))
+        param.requires_grad_(is_lora_key(key))
     unet.busmonai_lora = info  # plain attribute: survives deepcopy (EMA), not in the state dict
     return model
 
@@ -279,165 +275,6 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
     adapter_info(model)
     return dict(get_peft_model_state_dict(unet_of(model), adapter_name=ADAPTER_NAME))
-
-
-def adapter_config_path(path: str | Path) -> Path:
-    """``adapter_config.json`` beside ``adapter.safetensors`` (``{stem}_config.json``)."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}_config.json")
-
-
-def save_adapter(model: nn.Module, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write the adapter weights to ``path`` (safetensors; its header carries the config) and the
-    config to ``adapter_config.json`` beside it, both atomically.
-
-    Args:
-        model: a model with an adapter (e.g. the EMA copy of the trained LDM).
-        path: the ``.safetensors`` file to write.
-        extra: more entries for the config (e.g. the training datalist and prompt domain).
-
-    Returns:
-        ``path``.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    config = {**adapter_info(model), **dict(extra or {})}
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
-    config["n_parameters"] = int(sum(t.numel() for t in tensors.values()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
-    tmp.replace(path)
-    from busmonai.engines.handlers import write_json_atomic
-
-    write_json_atomic(config, adapter_config_path(path))
-    return path
-
-
-def read_adapter_config(path: str | Path | None) -> dict[str, Any]:
-    """The config stored in an adapter file's header (``{}`` for ``path=None``).
-
-    Raises:
-        BusmonaiInputError: missing file, not a safetensors file, or not a busmonai adapter.
-    """
-    if path is None or path == "":
-        return {}
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise BusmonaiInputError(f"{path}: LoRA adapter not found for 'lora_adapter'; train bundles/lora first "
-                                 "or pass --lora PATH to an adapter.safetensors")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
-        raise BusmonaiInputError(f"{path}: not a safetensors adapter file ({err})") from err
-    if METADATA_KEY not in metadata:
-        raise BusmonaiInputError(f"{path}: a safetensors file without a busmonai LoRA config; "
-                                 "save adapters with busmonai.networks.lora.save_adapter")
-    return json.loads(metadata[METADATA_KEY])
-
-
-def adapter_digest(path: str | Path | None) -> str | None:
-    """Short SHA-256 of an adapter file (recorded with synthetic datasets), None for no adapter.
-
-    Raises:
-        BusmonaiInputError: the file is missing or not a busmonai adapter.
-    """
-    if path is None or path == "":
-        return None
-    from busmonai.engines.latents import file_digest
-
-    read_adapter_config(path)
-    return file_digest(path)
-
-
-def check_fingerprint(unet: nn.Module, config: Mapping[str, Any], source: str = "adapter",
-                      base_digest: str | None = None) -> None:
-    """Raise unless the adapter described by ``config`` was trained for this UNet.
-
-    Checks, in order: every targeted layer exists as a Linear layer with the recorded
-    ``(d_in, d_out)``; the UNet architecture signature; the base LDM checkpoint digest (when both
-    are known).
-
-    Raises:
-        BusmonaiInputError: naming the missing or mis-shaped layers and the fix.
-    """
-    unet = unet_of(unet)
-    layers = linear_layers(unet)
-    recorded = {name: tuple(shape) for name, shape in config.get("layers", {}).items()}
-    missing = [name for name in recorded if name not in layers]
-    shaped = [f"{name} {list(recorded[name])} vs {[layers[name].in_features, layers[name].out_features]}"
-              for name in recorded if name in layers
-              and recorded[name] != (layers[name].in_features, layers[name].out_features)]
-    if missing or shaped:
-        details = "; ".join(f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
-                            for label, items in (("layers missing", missing), ("(d_in, d_out) differ", shaped))
-                            if items)
-        raise BusmonaiInputError(
-            f"{source}: the LoRA adapter was trained for a different UNet ({details}); configure the UNet it was "
-            f"trained with (unet_channels, unet_num_head_channels, ...) or train an adapter for this one. "
-            f"This UNet's attention layers: {_valid_names(unet)}"
-        )
-    signature = config.get("unet_signature")
-    if signature and signature != unet_signature(unet):
-        raise BusmonaiInputError(
-            f"{source}: the LoRA adapter was trained for a different UNet (architecture signature {signature}, "
-            f"this UNet {unet_signature(unet)}); use the UNet settings of its base LDM"
-        )
-    trained_on = config.get("base_ldm_digest")
-    if trained_on and base_digest and trained_on != base_digest:
-        raise BusmonaiInputError(
-            f"{source}: the LoRA adapter was trained on the LDM checkpoint {trained_on}, but ldm_ckpt is "
-            f"{base_digest}; pass the LDM it was trained on (--ldm_ckpt) or retrain bundles/lora"
-        )
-
-
-def load_adapter(model: nn.Module, path: str | Path | None, base_digest: str | None = None,
-                 merge_weights: bool = False) -> nn.Module:
-    """Apply the adapter saved at ``path`` to the UNet of ``model`` (nothing for ``path=None``).
-
-    Args:
-        model: a ``LatentDiffusionModel`` or UNet carrying the base weights (modified in place).
-        path: an ``adapter.safetensors`` written by :func:`save_adapter`, or None.
-        base_digest: :func:`busmonai.engines.latents.file_digest` of the base LDM checkpoint, to
-            refuse an adapter trained on another checkpoint.
-        merge_weights: fold ``B A`` into the base weights (:func:`merge`) after loading.
-
-    Returns:
-        ``model`` (frozen, in eval mode when an adapter was loaded).
-
-    Raises:
-        BusmonaiInputError: missing or foreign file, an adapter for a different UNet, or weights
-            of the wrong rank.
-    """
-    if path is None or path == "":
-        return model
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    config = read_adapter_config(path)
-    unet = unet_of(model)
-    check_fingerprint(unet, config, source=str(path), base_digest=base_digest)
-    apply_lora(model, config["target_modules"], config["rank"], config["alpha"], config.get("dropout", 0.0),
-               base_digest=config.get("base_ldm_digest"))
-    unet.busmonai_lora.update({k: config[k] for k in ("targets", "unet_signature") if k in config})
-    weights = load_file(str(path))
-    expected = {k: tuple(v.shape) for k, v in lora_state_dict(model).items()}
-    wrong = sorted(set(expected) ^ set(weights)) + [
-        f"{k} {list(weights[k].shape)} vs {list(expected[k])}" for k in expected
-        if k in weights and tuple(weights[k].shape) != expected[k]]
-    if wrong:
-        raise BusmonaiInputError(f"{path}: adapter weights do not fit its own config ({', '.join(wrong[:3])}); "
-                                 "the file is damaged: save it again with save_adapter")
-    device = next(unet.parameters()).device
-    set_peft_model_state_dict(unet, {k: v.to(device) for k, v in weights.items()}, adapter_name=ADAPTER_NAME)
-    model.eval()
-    if merge_weights:
-        merge(model)
-    return model
 
 
 def _tuner_layers(model: nn.Module) -> list[nn.Module]:
@@ -476,96 +313,3 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     if not params:
         raise BusmonaiInputError("no trainable parameter: apply a LoRA adapter first")
     return params
-
-
-# ----------------------------------------------------------------------------------------------
-# training support
-
-
-class AdapterState:
-    """The adapter weights of ``module`` (plus ``extra`` entries such as an EMA's ``n_averaged``)
-    as a ``state_dict`` / ``load_state_dict`` object, so resume checkpoints hold kilobytes of
-    adapter instead of the frozen UNet."""
-
-    def __init__(self, module: nn.Module, extra: Iterable[str] = ("n_averaged",)) -> None:
-        self.module = module
-        self.extra = tuple(extra)
-
-    def _keep(self, key: str) -> bool:
-        return _is_lora_key(key) or key in self.extra
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapter weights under the module's own keys."""
-        return {k: v for k, v in self.module.state_dict().items() if self._keep(k)}
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
-        """Load adapter weights; with ``strict``, keys must match exactly."""
-        own = set(self.state_dict())
-        if strict and set(state) != own:
-            diff = sorted(set(state) ^ own)
-            raise KeyError(f"adapter state does not fit: {', '.join(diff[:3])}")
-        self.module.load_state_dict(dict(state), strict=False)
-
-
-class AdapterSaver:
-    """Ignite handler: :func:`save_adapter` of ``model`` every ``interval`` epochs and at completion.
-
-    Args:
-        model: the model whose adapter is saved (the EMA copy).
-        path: ``adapter.safetensors``.
-        interval: epochs between saves (0: only at completion).
-        extra: entries added to the adapter config.
-    """
-
-    def __init__(self, model: nn.Module, path: str | Path, interval: int = 1,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        self.model = model
-        self.path = Path(path)
-        self.interval = int(interval)
-        self.extra = dict(extra or {})
-
-    def attach(self, engine: Any) -> None:
-        """Register on ``EPOCH_COMPLETED(every=interval)`` and ``COMPLETED``."""
-        from ignite.engine import Events
-
-        if self.interval > 0:
-            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Any) -> None:
-        save_adapter(self.model, self.path, {**self.extra, "iterations": int(engine.state.iteration)})
-
-
-def domain_prompt_items(items: Sequence[dict[str, Any]], domain: str | None = None) -> list[dict[str, Any]]:
-    """Items whose prompt names the target domain, ``"UDIAT: breast ultrasound image of ..."`` (the
-    ``domain`` prefix of :func:`busmonai.clinical.prompts.build_prompt`), so an adapter can learn the
-    new scanner under its own name; ``domain=None`` returns the items unchanged.
-
-    Args:
-        items: datalist items with a ``prompt`` (built by ``busmonai prepare`` from class,
-            echogenicity and boundary).
-        domain: the domain name (the bundle's ``prompt_domain``), or None.
-    """
-    if not domain:
-        return [dict(item) for item in items]
-    prefix = f"{domain}: "
-    return [{**item, "prompt": item["prompt"] if item["prompt"].startswith(prefix) else prefix + item["prompt"]}
-            for item in items]
-
-
-def datalist_domain(datalist: str | Path) -> str:
-    """The domain name of a prepared datalist: its items' ``domain`` field, else its ``name``.
-
-    Raises:
-        BusmonaiInputError: neither is present (pass ``--prompt_domain NAME``).
-    """
-    from busmonai.data.prepare import load_datalist
-
-    data = load_datalist(Path(datalist))
-    for split in ("training", "validation", "test"):
-        for item in data.get(split) or []:
-            if item.get("domain"):
-                return str(item["domain"])
-    if data.get("name"):
-        return str(data["name"])
-    raise BusmonaiInputError(f"{datalist}: no 'domain' or 'name' to put in the prompt; pass --prompt_domain NAME")

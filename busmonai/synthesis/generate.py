@@ -35,10 +35,10 @@ from busmonai.clinical.ellipse import EllipseMaskPrior, generate_ellipse_mask
 from busmonai.clinical.prompts import CLASS_DEFAULTS, build_prompt
 from busmonai.data.imageio import save_png
 from busmonai.data.prepare import load_datalist
-from busmonai.engines.diffusion import UNCONDITIONAL_FILL
-from busmonai.engines.handlers import write_json_atomic
 from busmonai.errors import BusmonaiInputError
+from busmonai.files import write_json_atomic
 from busmonai.networks.io_check import latent_shape
+from busmonai.networks.latent_diffusion import UNCONDITIONAL_FILL
 from busmonai.synthesis.sampling import ddim_sample, decode, make_ddim, seeded_noise
 
 PRODUCER = "busmonai generate"

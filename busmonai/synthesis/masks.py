@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from busmonai.atomic import atomic_directory
+from busmonai.files import atomic_directory
 from busmonai.clinical.bbox import mask_bbox, validate_bbox
 from busmonai.clinical.ellipse import EllipseMaskPrior, generate_ellipse_mask
 from busmonai.data.imageio import save_png

@@ -20,7 +20,7 @@ from monai.networks.schedulers import DDIMScheduler
 from torch import nn
 from tqdm import tqdm
 
-from busmonai.engines.diffusion import UNCONDITIONAL_FILL
+from busmonai.networks.latent_diffusion import UNCONDITIONAL_FILL
 
 
 def make_ddim(train_scheduler: nn.Module | None = None, num_train_timesteps: int = 1000, steps: int = 50,
