@@ -211,7 +211,7 @@ def export_bundle(stage: str, run_dir: str | Path, out: str | Path, overwrite: b
     out = Path(out)
     checkpoint = Path(run_dir) / ("adapter.safetensors" if stage == "lora" else "model.pt")
     if stage == "scmg":
-        from busmonai.engines.scmg import load_generator
+        from busmonai.synthesis.masks import load_generator
 
         load_generator(checkpoint, "run")  # refuses another stage's checkpoint
     elif stage != "lora":

@@ -50,7 +50,9 @@ from skimage.measure import regionprops
 
 from busmonai.clinical.bbox import bbox_iou, mask_bbox
 from busmonai.clinical.curvature import boundary_curvature
-from busmonai.engines.scmg import binarize_masks, generate_soft_masks, load_generator, mask_items
+from busmonai.engines.scmg import mask_items
+from busmonai.networks.scmg import binarize_masks, generate_soft_masks
+from busmonai.synthesis.masks import load_generator
 from busmonai.errors import BusmonaiInputError
 from busmonai.networks.scmg import TUMOR_TYPES
 

@@ -14,7 +14,8 @@ from PIL import Image
 from bundle_runner import TINY_SCMG, is_input_error, run_bundle
 from busmonai.clinical.bbox import bboxes_to_maps, mask_bbox
 from busmonai.cli import main
-from busmonai.engines.scmg import SCMGTrainer, rectangle_adherence_loss, sample_bboxes
+from busmonai.engines.scmg import SCMGTrainer, rectangle_adherence_loss
+from busmonai.networks.scmg import sample_bboxes
 from busmonai.errors import BusmonaiInputError
 from busmonai.networks.scmg import SCMGDiscriminator, SCMGGenerator, tumor_type_index
 

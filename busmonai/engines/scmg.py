@@ -39,7 +39,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.engines import Trainer
-from scipy import ndimage
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -47,31 +46,20 @@ from busmonai.clinical.bbox import bboxes_to_maps, validate_bbox
 from busmonai.clinical.curvature import boundary_curvature, boundary_curvature_torch
 from busmonai.data.dataset import LoadPNGd, datalist_split
 from busmonai.errors import BusmonaiInputError
-from busmonai.networks.scmg import BOX_BANK_SIZE, TUMOR_TYPES, SCMGGenerator, tumor_type_index
+from busmonai.networks.scmg import (
+    BOX_BANK_SIZE, TUMOR_TYPES, binarize_masks, generate_soft_masks, sample_bboxes, tumor_type_index,
+    unwrap,
+)
 
 __all__ = [
-    "MASK_THRESHOLD",
     "SCMGMaskDataset",
     "SCMGTrainer",
-    "binarize_masks",
-    "draw_scmg_masks",
     "fit_priors",
-    "generate_soft_masks",
-    "load_generator",
     "mask_items",
     "preview_rows",
     "rectangle_adherence_loss",
-    "sample_bboxes",
 ]
 
-MASK_THRESHOLD = 0.5
-"""Generated soft masks are binarised at this value."""
-BOX_SCALE_JITTER = 0.1
-"""Standard deviation of the log-scale jitter of resampled rectangle sides."""
-BOX_SHIFT_JITTER = 0.1
-"""Standard deviation of the centre jitter, as a fraction of the rectangle's side."""
-MIN_BOX_SIDE = 2
-"""Smallest side, in pixels, of a sampled rectangle."""
 RECT_OUTLINE_GREY = 0.5
 """Grey value (128 / 255) of the rectangle outlines drawn over preview masks."""
 
@@ -194,39 +182,6 @@ def fit_priors(items: Sequence[Mapping[str, Any]], image_size: int, seed: int = 
     return targets, bank
 
 
-def sample_bboxes(box_bank: torch.Tensor, types: torch.Tensor, image_size: int,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random rectangles from training statistics: a training rectangle of the same type,
-    its sides scaled by ``exp(N(0, BOX_SCALE_JITTER))`` and its centre moved by
-    ``N(0, BOX_SHIFT_JITTER)`` sides, then kept inside the image.
-
-    Args:
-        box_bank: ``(T, K, 4)`` normalised rectangles (the generator's ``box_bank`` buffer).
-        types: ``(B,)`` tumor-type indices.
-        image_size: side of the image, pixels.
-        generator: torch random generator (for reproducibility).
-
-    Returns:
-        ``(B, 4)`` int64 rectangles ``(x0, y0, x1, y1)``, exclusive ends, inside the image.
-    """
-    bank = box_bank.detach().cpu().float()
-    if float(bank.abs().sum()) == 0:
-        raise BusmonaiInputError("the generator's rectangle bank is empty; train bundles/scmg (or pass --bbox)")
-    types = types.cpu()
-    n = types.shape[0]
-    pick = torch.randint(0, bank.shape[1], (n,), generator=generator)
-    boxes = bank[types, pick] * image_size
-    noise = torch.randn(n, 4, generator=generator)
-    width = ((boxes[:, 2] - boxes[:, 0]) * torch.exp(BOX_SCALE_JITTER * noise[:, 0])).clamp(MIN_BOX_SIDE, image_size)
-    height = ((boxes[:, 3] - boxes[:, 1]) * torch.exp(BOX_SCALE_JITTER * noise[:, 1])).clamp(MIN_BOX_SIDE, image_size)
-    cx = 0.5 * (boxes[:, 0] + boxes[:, 2]) + BOX_SHIFT_JITTER * width * noise[:, 2]
-    cy = 0.5 * (boxes[:, 1] + boxes[:, 3]) + BOX_SHIFT_JITTER * height * noise[:, 3]
-    width, height = width.round(), height.round()
-    x0 = (cx - 0.5 * width).round().clamp(torch.zeros(n), image_size - width)
-    y0 = (cy - 0.5 * height).round().clamp(torch.zeros(n), image_size - height)
-    return torch.stack([x0, y0, x0 + width, y0 + height], dim=1).to(torch.int64)
-
-
 def rectangle_adherence_loss(masks: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     """How far soft masks are from having exactly their rectangle as bounding box (ours).
 
@@ -253,11 +208,6 @@ def rectangle_adherence_loss(masks: torch.Tensor, maps: torch.Tensor) -> torch.T
         span = maps.amax(dim=dim).flatten(1)
         fills.append(((1.0 - reach) * span).sum(1) / span.sum(1).clamp_min(1.0))
     return leak + 0.5 * (fills[0] + fills[1])
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The module inside ``DistributedDataParallel`` (or the module itself)."""
-    return getattr(module, "module", module)
 
 
 class SCMGTrainer(Trainer):
@@ -341,7 +291,7 @@ class SCMGTrainer(Trainer):
             adv_logits, type_logits = self.discriminator(fake, maps)
         else:
             adv_logits, type_logits = self.discriminator(fake, maps, branch_weights=self.d_branch_weights)
-        all_targets = _unwrap(self.generator).curvature_targets
+        all_targets = unwrap(self.generator).curvature_targets
         targets = all_targets[types]
         kappa = boundary_curvature_torch(fake)
         cur = (kappa - targets).abs()
@@ -369,7 +319,7 @@ class SCMGTrainer(Trainer):
         types = batchdata["label"].to(device).long()
         size = real.shape[-1]
         maps = bboxes_to_maps(batchdata["bbox"].to(device), size, size)
-        latent_dim = _unwrap(engine.generator).latent_dim
+        latent_dim = unwrap(engine.generator).latent_dim
         z = torch.randn(real.shape[0], latent_dim, generator=engine.noise).to(device)
         engine.generator.train()
         engine.discriminator.train()
@@ -396,132 +346,7 @@ class SCMGTrainer(Trainer):
         return out
 
 
-def load_generator(path: str | Path, key: str = "scmg_ckpt", device: torch.device | str = "cpu") -> SCMGGenerator:
-    """Load a trained generator from its ``model.pt`` (the architecture is read from the file).
-
-    Raises:
-        BusmonaiInputError: the file is missing (train ``bundles/scmg`` first) or is not an SCMG
-            generator.
-    """
-    from busmonai.checkpoint_io import read_checkpoint
-
-    path = Path(path)
-    if not path.is_file():
-        raise BusmonaiInputError(
-            f"{path}: SCMG checkpoint not found; train the mask generator first "
-            f"(python -m monai.bundle run --config_file bundles/scmg/configs/train.json) or pass --checkpoint PATH"
-        )
-    state = read_checkpoint(path, key)
-    try:
-        generator = SCMGGenerator.from_state_dict(state)
-    except (RuntimeError, BusmonaiInputError) as err:
-        raise BusmonaiInputError(f"{path}: not an SCMG generator checkpoint ({err}); train bundles/scmg") from err
-    return generator.to(device).eval()
-
-
 @torch.no_grad()
-def generate_soft_masks(generator: nn.Module, types: torch.Tensor, bboxes: torch.Tensor, seed: int = 0,
-                        batch_size: int = 64, device: torch.device | str | None = None) -> torch.Tensor:
-    """Soft masks ``(B, 1, H, W)`` for given tumor types and rectangles at the generator's size.
-
-    Raises:
-        BusmonaiInputError: an unknown type or a rectangle outside the image / of zero area.
-    """
-    model = _unwrap(generator)
-    size = model.image_size
-    for box in bboxes.tolist():
-        validate_bbox(box, size, size)
-    device = device or next(model.parameters()).device
-    noise = torch.Generator().manual_seed(int(seed))
-    z = torch.randn(len(types), model.latent_dim, generator=noise)
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(types), batch_size):
-        sl = slice(start, start + batch_size)
-        maps = bboxes_to_maps(bboxes[sl].to(device), size, size)
-        out.append(model(z[sl].to(device), types[sl].to(device), maps).cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 1, size, size)
-
-
-def binarize_masks(soft: torch.Tensor, bboxes: torch.Tensor | None = None,
-                   clip_to_bbox: bool = False) -> list[np.ndarray]:
-    """Threshold soft masks at ``MASK_THRESHOLD`` and keep the largest connected component.
-
-    Args:
-        soft: ``(B, 1, H, W)`` in ``[0, 1]``.
-        bboxes: ``(B, 4)`` rectangles at the same size (needed for ``clip_to_bbox``).
-        clip_to_bbox: zero the pixels outside each rectangle first (guarantees containment).
-
-    Returns:
-        ``B`` boolean ``H x W`` arrays. A mask with no pixel above the threshold (inside its
-        rectangle when clipping) falls back to the pixels above half its maximum, so that
-        every mask is non-empty.
-    """
-    arrays = soft[:, 0].detach().cpu().numpy()
-    out = []
-    for i, array in enumerate(arrays):
-        if clip_to_bbox and bboxes is not None:
-            x0, y0, x1, y1 = (int(v) for v in bboxes[i].tolist())
-            clipped = np.zeros_like(array)
-            clipped[y0:y1, x0:x1] = array[y0:y1, x0:x1]
-            array = clipped
-        region = array > MASK_THRESHOLD
-        if not region.any():
-            region = array >= 0.5 * array.max() if array.max() > 0 else np.zeros_like(region)
-        labels, count = ndimage.label(region)
-        if count > 1:
-            sizes = ndimage.sum_labels(region, labels, index=np.arange(1, count + 1))
-            region = labels == (int(np.argmax(sizes)) + 1)
-        out.append(region)
-    return out
-
-
-def _rescale_bbox(bbox: Sequence[int], src: int, dst: int) -> tuple[int, int, int, int]:
-    """A rectangle at ``src`` px as a non-empty rectangle at ``dst`` px (outward rounding)."""
-    scale = dst / src
-    x0, y0 = int(np.floor(bbox[0] * scale)), int(np.floor(bbox[1] * scale))
-    x1 = min(dst, max(x0 + 1, int(np.ceil(bbox[2] * scale))))
-    y1 = min(dst, max(y0 + 1, int(np.ceil(bbox[3] * scale))))
-    return x0, y0, x1, y1
-
-
-def draw_scmg_masks(checkpoint: str | Path, label: str, n: int, size: int, seed: int = 0,
-                    bbox: Sequence[int] | None = None, clip_to_bbox: bool = True,
-                    device: torch.device | str = "cpu") -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
-    """``n`` binary masks of one tumor type from a trained generator (``busmonai masks --method scmg``).
-
-    The generator works at its training size; ``bbox`` (given at ``size``) is mapped to it, the
-    soft masks are resized (bilinear) to ``size``, thresholded at 0.5, optionally clipped to
-    the rectangle, and reduced to their largest component. Without ``bbox`` each mask gets a
-    random rectangle drawn from the training statistics stored in the checkpoint.
-
-    Returns:
-        ``(masks, requested)``: boolean ``size x size`` masks and the requested rectangles at
-        ``size``.
-
-    Raises:
-        BusmonaiInputError: missing checkpoint, unknown label, bad rectangle.
-    """
-    k = tumor_type_index(label)
-    if bbox is not None:
-        bbox = validate_bbox(bbox, size, size)
-    generator = load_generator(checkpoint, device=device)
-    gsize = generator.image_size
-    types = torch.full((n,), k, dtype=torch.long)
-    noise = torch.Generator().manual_seed(int(seed))
-    if bbox is None:
-        sampled = sample_bboxes(generator.box_bank, types, gsize, noise).tolist()
-        requested = [_rescale_bbox(b, gsize, size) for b in sampled]
-    else:
-        requested = [tuple(bbox)] * n  # type: ignore[list-item]
-    small = torch.tensor([_rescale_bbox(b, size, gsize) for b in requested], dtype=torch.int64)
-    soft = generate_soft_masks(generator, types, small, seed=seed, device=device)
-    if size != gsize:
-        soft = F.interpolate(soft, size=(size, size), mode="bilinear", align_corners=False)
-    masks = binarize_masks(soft, torch.tensor(requested), clip_to_bbox=clip_to_bbox)
-    return masks, [tuple(int(v) for v in b) for b in requested]  # type: ignore[misc]
 
 
 def _outline(maps: torch.Tensor) -> torch.Tensor:
@@ -535,7 +360,7 @@ def preview_rows(generator: nn.Module, n_per_type: int = 8, seed: int = 0) -> li
     """Preview rows for :class:`busmonai.engines.handlers.PreviewGrid`: per tumor type (benign
     row, then malignant), generated masks for fixed noise and rectangles drawn from the
     training statistics, with each rectangle outlined in grey 128."""
-    model = _unwrap(generator)
+    model = unwrap(generator)
     size = model.image_size
     rows = []
     for k in range(model.num_types):

@@ -30,7 +30,7 @@ The generator also carries, as buffers saved in its state dict, what inference n
 the training data: its own hyper-parameters (:meth:`SCMGGenerator.from_state_dict`), the
 class-specific curvature targets of the curvature loss, a bank of normalised training
 rectangles per class from which random rectangles are drawn
-(:func:`busmonai.engines.scmg.sample_bboxes`), and ``map_blur``.
+(:func:`sample_bboxes`), and ``map_blur``.
 
 Recipe switches (ours, not in the paper; the defaults are the paper's recipe):
 
@@ -49,11 +49,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks.spade_norm import SPADE
+from scipy import ndimage
 from torch import nn
 
+from busmonai.clinical.bbox import bboxes_to_maps, validate_bbox
 from busmonai.errors import BusmonaiInputError
 
 __all__ = [
@@ -341,3 +344,112 @@ class SCMGDiscriminator(nn.Module):
             a, b = _scale_gradient(a, float(branch_weights[0])), _scale_gradient(b, float(branch_weights[1]))
         features = torch.cat([a, b], dim=1)
         return self.adv_head(features)[:, 0], self.type_head(features)
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling masks from a trained generator (used by training previews and by synthesis)
+
+MASK_THRESHOLD = 0.5
+"""Generated soft masks are binarised at this value."""
+BOX_SCALE_JITTER = 0.1
+"""Standard deviation of the log-scale jitter of resampled rectangle sides."""
+BOX_SHIFT_JITTER = 0.1
+"""Standard deviation of the centre jitter, as a fraction of the rectangle's side."""
+MIN_BOX_SIDE = 2
+"""Smallest side, in pixels, of a sampled rectangle."""
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` (or the module itself)."""
+    return getattr(module, "module", module)
+
+
+def sample_bboxes(box_bank: torch.Tensor, types: torch.Tensor, image_size: int,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random rectangles from training statistics: a training rectangle of the same type,
+    its sides scaled by ``exp(N(0, BOX_SCALE_JITTER))`` and its centre moved by
+    ``N(0, BOX_SHIFT_JITTER)`` sides, then kept inside the image.
+
+    Args:
+        box_bank: ``(T, K, 4)`` normalised rectangles (the generator's ``box_bank`` buffer).
+        types: ``(B,)`` tumor-type indices.
+        image_size: side of the image, pixels.
+        generator: torch random generator (for reproducibility).
+
+    Returns:
+        ``(B, 4)`` int64 rectangles ``(x0, y0, x1, y1)``, exclusive ends, inside the image.
+    """
+    bank = box_bank.detach().cpu().float()
+    if float(bank.abs().sum()) == 0:
+        raise BusmonaiInputError("the generator's rectangle bank is empty; train bundles/scmg (or pass --bbox)")
+    types = types.cpu()
+    n = types.shape[0]
+    pick = torch.randint(0, bank.shape[1], (n,), generator=generator)
+    boxes = bank[types, pick] * image_size
+    noise = torch.randn(n, 4, generator=generator)
+    width = ((boxes[:, 2] - boxes[:, 0]) * torch.exp(BOX_SCALE_JITTER * noise[:, 0])).clamp(MIN_BOX_SIDE, image_size)
+    height = ((boxes[:, 3] - boxes[:, 1]) * torch.exp(BOX_SCALE_JITTER * noise[:, 1])).clamp(MIN_BOX_SIDE, image_size)
+    cx = 0.5 * (boxes[:, 0] + boxes[:, 2]) + BOX_SHIFT_JITTER * width * noise[:, 2]
+    cy = 0.5 * (boxes[:, 1] + boxes[:, 3]) + BOX_SHIFT_JITTER * height * noise[:, 3]
+    width, height = width.round(), height.round()
+    x0 = (cx - 0.5 * width).round().clamp(torch.zeros(n), image_size - width)
+    y0 = (cy - 0.5 * height).round().clamp(torch.zeros(n), image_size - height)
+    return torch.stack([x0, y0, x0 + width, y0 + height], dim=1).to(torch.int64)
+
+
+def generate_soft_masks(generator: nn.Module, types: torch.Tensor, bboxes: torch.Tensor, seed: int = 0,
+                        batch_size: int = 64, device: torch.device | str | None = None) -> torch.Tensor:
+    """Soft masks ``(B, 1, H, W)`` for given tumor types and rectangles at the generator's size.
+
+    Raises:
+        BusmonaiInputError: an unknown type or a rectangle outside the image / of zero area.
+    """
+    model = unwrap(generator)
+    size = model.image_size
+    for box in bboxes.tolist():
+        validate_bbox(box, size, size)
+    device = device or next(model.parameters()).device
+    noise = torch.Generator().manual_seed(int(seed))
+    z = torch.randn(len(types), model.latent_dim, generator=noise)
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(types), batch_size):
+        sl = slice(start, start + batch_size)
+        maps = bboxes_to_maps(bboxes[sl].to(device), size, size)
+        out.append(model(z[sl].to(device), types[sl].to(device), maps).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 1, size, size)
+
+
+def binarize_masks(soft: torch.Tensor, bboxes: torch.Tensor | None = None,
+                   clip_to_bbox: bool = False) -> list[np.ndarray]:
+    """Threshold soft masks at ``MASK_THRESHOLD`` and keep the largest connected component.
+
+    Args:
+        soft: ``(B, 1, H, W)`` in ``[0, 1]``.
+        bboxes: ``(B, 4)`` rectangles at the same size (needed for ``clip_to_bbox``).
+        clip_to_bbox: zero the pixels outside each rectangle first (guarantees containment).
+
+    Returns:
+        ``B`` boolean ``H x W`` arrays. A mask with no pixel above the threshold (inside its
+        rectangle when clipping) falls back to the pixels above half its maximum, so that
+        every mask is non-empty.
+    """
+    arrays = soft[:, 0].detach().cpu().numpy()
+    out = []
+    for i, array in enumerate(arrays):
+        if clip_to_bbox and bboxes is not None:
+            x0, y0, x1, y1 = (int(v) for v in bboxes[i].tolist())
+            clipped = np.zeros_like(array)
+            clipped[y0:y1, x0:x1] = array[y0:y1, x0:x1]
+            array = clipped
+        region = array > MASK_THRESHOLD
+        if not region.any():
+            region = array >= 0.5 * array.max() if array.max() > 0 else np.zeros_like(region)
+        labels, count = ndimage.label(region)
+        if count > 1:
+            sizes = ndimage.sum_labels(region, labels, index=np.arange(1, count + 1))
+            region = labels == (int(np.argmax(sizes)) + 1)
+        out.append(region)
+    return out

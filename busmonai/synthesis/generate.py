@@ -206,7 +206,7 @@ def make_plan(settings: GenerationSettings, scmg_masks: Any = None) -> tuple[lis
 def scmg_sampler(checkpoint: str | Path, image_size: int, device: torch.device | str = "cpu") -> Any:
     """``sample(label, n, rng) -> list of uint8 masks`` from a trained SCMG generator, each with a
     random rectangle drawn from its training statistics (for ``mask_source="scmg"``)."""
-    from busmonai.engines.scmg import draw_scmg_masks, load_generator
+    from busmonai.synthesis.masks import draw_scmg_masks, load_generator
 
     load_generator(checkpoint, device=device)  # fail early, naming the file, if it is missing
 

@@ -7,19 +7,24 @@ SCMG (the journal paper's mask generator) comes from its bundle once trained.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from busmonai.files import atomic_directory
+from busmonai.checkpoint_io import read_checkpoint
 from busmonai.clinical.bbox import mask_bbox, validate_bbox
 from busmonai.clinical.ellipse import EllipseMaskPrior, generate_ellipse_mask
 from busmonai.data.imageio import save_png
 from busmonai.data.prepare import load_datalist
 from busmonai.errors import BusmonaiInputError
+from busmonai.files import atomic_directory
+from busmonai.networks.scmg import SCMGGenerator, binarize_masks, generate_soft_masks, sample_bboxes, tumor_type_index
 from busmonai.visualize import save_grid
 
 MASKS_INDEX = "masks.json"
@@ -99,7 +104,6 @@ def write_masks(
     scmg_masks: list[np.ndarray] = []
     requested: list[tuple[int, int, int, int]] = []
     if method == "scmg":
-        from busmonai.engines.scmg import draw_scmg_masks
 
         scmg_masks, requested = draw_scmg_masks(checkpoint, label, n, size, seed, bbox, clip_to_bbox, device)
         prior = None
@@ -138,3 +142,74 @@ def write_masks(
         }
         (tmp / MASKS_INDEX).write_text(json.dumps(index_data, indent=1) + "\n")
     return {"n": n, "sheet": str(out / SHEET_NAME), "index": index_data}
+
+
+# ----------------------------------------------------------------------------------------------
+# SCMG masks (the journal paper's mask generator, bundles/scmg)
+
+
+def load_generator(path: str | Path, key: str = "scmg_ckpt", device: torch.device | str = "cpu") -> SCMGGenerator:
+    """Load a trained generator from its ``model.pt`` (the architecture is read from the file).
+
+    Raises:
+        BusmonaiInputError: the file is missing (train ``bundles/scmg`` first) or is not an SCMG
+            generator.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BusmonaiInputError(
+            f"{path}: SCMG checkpoint not found; train the mask generator first "
+            f"(python -m monai.bundle run --config_file bundles/scmg/configs/train.json) or pass --checkpoint PATH"
+        )
+    state = read_checkpoint(path, key)
+    try:
+        generator = SCMGGenerator.from_state_dict(state)
+    except (RuntimeError, BusmonaiInputError) as err:
+        raise BusmonaiInputError(f"{path}: not an SCMG generator checkpoint ({err}); train bundles/scmg") from err
+    return generator.to(device).eval()
+
+
+def _rescale_bbox(bbox: Sequence[int], src: int, dst: int) -> tuple[int, int, int, int]:
+    """A rectangle at ``src`` px as a non-empty rectangle at ``dst`` px (outward rounding)."""
+    scale = dst / src
+    x0, y0 = int(np.floor(bbox[0] * scale)), int(np.floor(bbox[1] * scale))
+    x1 = min(dst, max(x0 + 1, int(np.ceil(bbox[2] * scale))))
+    y1 = min(dst, max(y0 + 1, int(np.ceil(bbox[3] * scale))))
+    return x0, y0, x1, y1
+
+
+def draw_scmg_masks(checkpoint: str | Path, label: str, n: int, size: int, seed: int = 0,
+                    bbox: Sequence[int] | None = None, clip_to_bbox: bool = True,
+                    device: torch.device | str = "cpu") -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
+    """``n`` binary masks of one tumor type from a trained generator (``busmonai masks --method scmg``).
+
+    The generator works at its training size; ``bbox`` (given at ``size``) is mapped to it, the
+    soft masks are resized (bilinear) to ``size``, thresholded at 0.5, optionally clipped to
+    the rectangle, and reduced to their largest component. Without ``bbox`` each mask gets a
+    random rectangle drawn from the training statistics stored in the checkpoint.
+
+    Returns:
+        ``(masks, requested)``: boolean ``size x size`` masks and the requested rectangles at
+        ``size``.
+
+    Raises:
+        BusmonaiInputError: missing checkpoint, unknown label, bad rectangle.
+    """
+    k = tumor_type_index(label)
+    if bbox is not None:
+        bbox = validate_bbox(bbox, size, size)
+    generator = load_generator(checkpoint, device=device)
+    gsize = generator.image_size
+    types = torch.full((n,), k, dtype=torch.long)
+    noise = torch.Generator().manual_seed(int(seed))
+    if bbox is None:
+        sampled = sample_bboxes(generator.box_bank, types, gsize, noise).tolist()
+        requested = [_rescale_bbox(b, gsize, size) for b in sampled]
+    else:
+        requested = [tuple(bbox)] * n  # type: ignore[list-item]
+    small = torch.tensor([_rescale_bbox(b, size, gsize) for b in requested], dtype=torch.int64)
+    soft = generate_soft_masks(generator, types, small, seed=seed, device=device)
+    if size != gsize:
+        soft = F.interpolate(soft, size=(size, size), mode="bilinear", align_corners=False)
+    masks = binarize_masks(soft, torch.tensor(requested), clip_to_bbox=clip_to_bbox)
+    return masks, [tuple(int(v) for v in b) for b in requested]  # type: ignore[misc]
