@@ -1,4 +1,4 @@
-"""The ``busmonai`` command line (DESIGN.md, "CLI contract").
+"""The ``busmonai`` command line (docs/design.md, "CLI contract").
 
 Thin by design: each sub-command parses its arguments and calls the library. Bad input raises
 :class:`busmonai.errors.BusmonaiInputError`, printed as ``error: ...`` with exit code 2.

@@ -420,7 +420,7 @@ class MetricsWriter:
 
 class AdaptiveSamplerUpdate:
     """LT-GenAug's loop: after every validation, reward = metric ** ``power``, a REINFORCE step
-    for the agents' last actions, new actions applied to the sampler (METHOD.md section 6).
+    for the agents' last actions, new actions applied to the sampler (docs/method.md section 6).
 
     The counts per validation are kept in :attr:`history` and written to TensorBoard
     (``synthetic_per_batch/<class>``); :meth:`state_dict` makes the agents and counts part of a

@@ -1,4 +1,4 @@
-"""Training and sampling the SCMG mask generator (METHOD.md section 4).
+"""Training and sampling the SCMG mask generator (docs/method.md section 4).
 
 Losses of the SCMG paper (Medical Image Analysis 2025, "Breast Ultrasound Tumor Generation via
 Mask Generator and Text-Guided Network"), each weighted by a config key of ``bundles/scmg``:

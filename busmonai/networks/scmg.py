@@ -1,7 +1,7 @@
 """SCMG: the semantic-curvature mask generator and its dual-branch discriminator.
 
 The SCMG paper (Medical Image Analysis 2025, "Breast Ultrasound Tumor Generation via Mask
-Generator and Text-Guided Network"; METHOD.md section 4) draws a lesion mask ``M = G(z, k, s)``
+Generator and Text-Guided Network"; docs/method.md section 4) draws a lesion mask ``M = G(z, k, s)``
 from a noise vector ``z``, a tumor type ``k`` (benign / malignant) and a bounding-rectangle map
 ``s``. No public code exists; this is an implementation of the paper's description:
 
