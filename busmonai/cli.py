@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.errors import BusmonaiInputError, find_input_error
 
 
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("masks", help="draw tumor masks without annotation")
     p.add_argument("--method", choices=("ellipse", "scmg"), default="ellipse")
-    p.add_argument("--label", choices=("benign", "malignant"), required=True)
+    p.add_argument("--label", choices=TUMOR_CLASSES, required=True)
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="output folder (new, empty, or an earlier masks folder)")
     p.add_argument("--size", type=int, default=256, help="mask side in px (default 256)")

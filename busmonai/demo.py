@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.errors import BusmonaiInputError
 
 STAGE_PLAN: tuple[tuple[str, tuple[str, ...], float, dict[str, Any]], ...] = (
@@ -128,13 +129,13 @@ def _figures(out: Path, datalist: Path, synthetic: Path | None) -> dict[str, str
 
     figures: dict[str, str] = {}
     real = json.loads(datalist.read_text())
-    real_items = [i for i in real["test"] + real["training"] if i["class"] in ("benign", "malignant")][:8]
+    real_items = [i for i in real["test"] + real["training"] if i["class"] in TUMOR_CLASSES][:8]
     load = lambda root, rel: np.asarray(Image.open(root / rel).convert("L"))  # noqa: E731
     if synthetic is not None:
         fake = json.loads(synthetic.read_text())["training"][:8]
         tiles = [load(datalist.parent, i["image"]) for i in real_items] + [load(synthetic.parent, i["image"]) for i in fake]
         figures["real_vs_synthetic"] = str(save_grid(tiles, out / "real_vs_synthetic.png", ncols=8, fill=255))
-        masks = [load(synthetic.parent, i["mask"]) for c in ("benign", "malignant")
+        masks = [load(synthetic.parent, i["mask"]) for c in TUMOR_CLASSES
                  for i in [e for e in json.loads(synthetic.read_text())["training"] if e["class"] == c][:8]]
         if masks:
             figures["masks_per_class"] = str(save_grid(masks, out / "masks_per_class.png", ncols=8, fill=128))
@@ -199,7 +200,7 @@ def run_demo(out: str | Path, data: str | Path | None = None, minutes: float = 1
         steps.run(stage, ("data", *STAGES[stage].needs), lambda stage=stage, configs=configs, share=share, settings=settings: _train(
             stage, configs, out, datalist, share * minutes, progress, settings))
     training = json.loads(datalist.read_text())["training"] if datalist.is_file() else []
-    n_generate = max(16, 2 * sum(1 for i in training if i["class"] in ("benign", "malignant")) if minutes >= 5 else 16)
+    n_generate = max(16, 2 * sum(1 for i in training if i["class"] in TUMOR_CLASSES) if minutes >= 5 else 16)
     steps.run("synthesis", synthesis_needs(mask_input=True), lambda: _generate(out, datalist, n_generate))
     synthetic = out / "synthetic" / "datalist.json"
 
@@ -282,7 +283,7 @@ def render_report(report: dict[str, Any]) -> str:
     if "curvature" in ok:
         for source in ("real", "synthetic"):
             stats = ok["curvature"][source]
-            for cls in ("benign", "malignant"):
+            for cls in TUMOR_CLASSES:
                 if cls in stats:
                     rows.append(f"| mask curvature, {source} {cls} | {_fmt(stats[cls]['mean'])} +- "
                                 f"{_fmt(stats[cls]['std'])} (n {stats[cls]['n']}) |")

@@ -75,3 +75,17 @@ def test_the_rules_the_issue_names() -> None:
     """networks import nothing from engines or data; synthesis nothing from engines."""
     assert not allowed("networks", "engines") and not allowed("networks", "data")
     assert not allowed("synthesis", "engines") and not allowed("metrics", "bundles")
+
+
+def test_the_class_vocabulary_is_defined_once() -> None:
+    """No module but ``busmonai/clinical/classes.py`` spells the class list out."""
+    spelled = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "classes.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                words = [e.value for e in node.elts if isinstance(e, ast.Constant)]
+                if {"benign", "malignant"} <= set(words):
+                    spelled.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not spelled, spelled

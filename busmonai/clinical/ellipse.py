@@ -53,9 +53,10 @@ import numpy as np
 from scipy import ndimage
 
 from busmonai.clinical.bbox import mask_bbox, validate_bbox
+from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.errors import BusmonaiInputError
 
-TUMOR_LABELS: tuple[str, ...] = ("benign", "malignant")
+TUMOR_LABELS: tuple[str, ...] = TUMOR_CLASSES
 """Labels with an orientation rule (benign wider than tall, malignant taller than wide)."""
 SIZE_CLASSES: tuple[str, ...] = ("small", "medium", "large")
 """Size classes, in increasing order of area."""

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from itertools import product
 
+from busmonai.clinical.classes import NORMAL, TUMOR_CLASSES
 from busmonai.errors import BusmonaiInputError
 
 STYLES: tuple[str, ...] = ("cp", "journal", "meddap")
-TUMOR_CLASSES: tuple[str, ...] = ("benign", "malignant")
 ECHOGENICITY: tuple[str, ...] = ("homogeneous", "heterogeneous")
 BOUNDARY: tuple[str, ...] = ("clear", "unclear")
 MEDDAP_ADJECTIVES: tuple[str, ...] = (
@@ -76,7 +76,7 @@ def build_prompt(
         BusmonaiInputError: an unknown class, attribute, style or adjective.
     """
     _check(style, STYLES, "prompt style")
-    _check(cls, (*TUMOR_CLASSES, "normal"), "class")
+    _check(cls, (*TUMOR_CLASSES, NORMAL), "class")
     _check(echogenicity, ECHOGENICITY, "echogenicity")
     _check(boundary, BOUNDARY, "boundary")
     _check(adjective, MEDDAP_ADJECTIVES, "MEDDAP adjective")
@@ -102,7 +102,7 @@ def build_prompt(
 def all_prompts(style: str = "cp", include_normal: bool = False, domain: str | None = None) -> list[str]:
     """Every prompt of a style: each tumor class x echogenicity x boundary (x adjective for MEDDAP)."""
     _check(style, STYLES, "prompt style")
-    classes = (*TUMOR_CLASSES, "normal") if include_normal else TUMOR_CLASSES
+    classes = (*TUMOR_CLASSES, NORMAL) if include_normal else TUMOR_CLASSES
     prompts: list[str] = []
     if style == "meddap":
         for cls, adjective in product(classes, (None, *MEDDAP_ADJECTIVES)):

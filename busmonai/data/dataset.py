@@ -17,11 +17,12 @@ import torch
 from monai.transforms import MapTransform
 from PIL import Image
 
+from busmonai.clinical.classes import IMAGE_CLASSES, TUMOR_CLASSES
 from busmonai.data.prepare import load_datalist
 from busmonai.errors import BusmonaiInputError
 
-ALL_CLASSES: tuple[str, ...] = ("benign", "malignant", "normal")
-TUMOR_CLASSES: tuple[str, ...] = ("benign", "malignant")
+ALL_CLASSES: tuple[str, ...] = IMAGE_CLASSES
+"""The classes a split holds by default (those ``busmonai prepare`` labels from BUSI's folders)."""
 
 
 def datalist_split(

@@ -42,7 +42,8 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
-from busmonai.data.dataset import TUMOR_CLASSES, datalist_split
+from busmonai.clinical.classes import LESION_CLASSES, TUMOR_CLASSES
+from busmonai.data.dataset import datalist_split
 from busmonai.data.prepare import load_datalist
 from busmonai.errors import BusmonaiInputError
 
@@ -316,7 +317,7 @@ def adaptive_training_items(
 
 def external_items(
     datalists: Sequence[str | Path] | None,
-    classes: Sequence[str] = (*TUMOR_CLASSES, "tumor"),
+    classes: Sequence[str] = LESION_CLASSES,
     image_size: int | None = None,
     keys: Sequence[str] = ("image", "mask"),
     split: str = "test",

@@ -83,10 +83,11 @@ from PIL import Image
 from scipy import fft, ndimage, signal
 from tqdm import tqdm
 
+from busmonai.clinical.classes import IMAGE_CLASSES
 from busmonai.files import atomic_directory
 from busmonai.errors import BusmonaiInputError
 
-PHANTOM_CLASSES: tuple[str, str, str] = ("benign", "malignant", "normal")
+PHANTOM_CLASSES: tuple[str, ...] = IMAGE_CLASSES
 """Class folders of the dataset, in BUSI's spelling; the index is the class id of the seed."""
 
 PHANTOM_INDEX = "phantom.json"

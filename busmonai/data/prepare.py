@@ -18,19 +18,19 @@ import numpy as np
 from tqdm import tqdm
 
 from busmonai import __version__
-from busmonai.files import atomic_directory
 from busmonai.clinical.attributes import AttributeRule, AttributeScores, attribute_scores
 from busmonai.clinical.bbox import mask_bbox
+from busmonai.clinical.classes import IMAGE_CLASSES, LESION_CLASSES
 from busmonai.clinical.prompts import build_prompt
 from busmonai.data.imageio import load_gray, load_mask, resize_gray, resize_mask, save_png, to_uint8
 from busmonai.data.readers import DOMAINS, READERS
 from busmonai.data.records import LABELS, RawCase
 from busmonai.data.splits import parse_fractions, stratified_split
 from busmonai.errors import BusmonaiInputError
+from busmonai.files import atomic_directory
 
 DATALIST_NAME = "datalist.json"
 PRODUCER = "busmonai prepare"
-TUMOR_CLASSES = ("benign", "malignant", "tumor")
 
 
 @dataclass
@@ -67,7 +67,7 @@ def merged_mask(case: RawCase, shape: tuple[int, int]) -> np.ndarray:
             merged |= resize_mask(mask, shape)
         else:
             merged |= mask >= 0.5
-    if case.cls in TUMOR_CLASSES and not merged.any():
+    if case.cls in LESION_CLASSES and not merged.any():
         names = ", ".join(p.name for p in case.masks) or "(none)"
         raise BusmonaiInputError(
             f"{case.image}: {case.cls} image with an empty mask ({names}); draw the lesion or remove the image"
@@ -224,7 +224,7 @@ def _item(item: _Processed, dataset: str, rule: AttributeRule) -> dict[str, Any]
         entry["attribute_source"] = "dataset" if published else "derived"
         entry["heterogeneity"] = item.scores.heterogeneity
         entry["edge_contrast"] = item.scores.edge_contrast
-    if case.cls in ("benign", "malignant", "normal"):
+    if case.cls in IMAGE_CLASSES:
         entry["prompt"] = build_prompt(case.cls, entry["echogenicity"], entry["boundary"])
     return entry
 

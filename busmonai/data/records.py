@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CLASSES: tuple[str, ...] = ("benign", "malignant", "normal", "tumor")
+from busmonai.clinical.classes import ALL_CLASSES
+
+CLASSES: tuple[str, ...] = ALL_CLASSES
 """Class names a case may carry. ``tumor`` is a lesion of unknown class (STU, unlabeled folders)."""
 
 LABELS: dict[str, int | None] = {"benign": 0, "malignant": 1, "normal": None, "tumor": None}

@@ -29,6 +29,7 @@ from monai.handlers import ConfusionMatrix, MeanDice, ROCAUC, StatsHandler, from
 from monai.transforms import Activationsd, AsDiscreted, Compose, CopyItemsd
 from torch import nn
 
+from busmonai.clinical.classes import IMAGE_CLASSES
 from busmonai.data.dataset import LoadPNGd
 from busmonai.data.mixing import class_counts
 from busmonai.files import write_json_atomic
@@ -195,7 +196,7 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".ti
 
 
 def inference_items(input_dir: str | Path | None, datalist: str | Path, split: str = "test",
-                    classes: Sequence[str] = ("benign", "malignant", "normal")) -> list[dict[str, Any]]:
+                    classes: Sequence[str] = IMAGE_CLASSES) -> list[dict[str, Any]]:
     """Items ``{"image": path}`` for the inference bundles' ``dataset#data``.
 
     Args:

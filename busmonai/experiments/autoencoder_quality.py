@@ -23,15 +23,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+from busmonai.clinical.classes import IMAGE_CLASSES, TUMOR_CLASSES
 
 
 def load_split(datalist: Path, split: str, image_size: int) -> dict[str, Any]:
     """The split's images ``(N, 1, H, W)`` in [0, 1] and their class names."""
     from busmonai.data.dataset import LoadPNGd, datalist_split
 
-    items = datalist_split(datalist, split, ("benign", "malignant", "normal"), image_size, holdout=0.1, seed=0,
+    items = datalist_split(datalist, split, IMAGE_CLASSES, image_size, holdout=0.1, seed=0,
                            keys=("image", "class"))
     load = LoadPNGd(keys="image", image_size=image_size)
     images = torch.stack([torch.as_tensor(load(dict(item))["image"]) for item in items]).float()
@@ -56,7 +57,7 @@ def quality(autoencoder: torch.nn.Module, data: dict[str, Any], classifier: Any 
         "kid": kid_of_images(images[:, 0].numpy(), recon[:, 0].numpy()),
     }
     if classifier is not None:
-        tumor = [i for i, c in enumerate(data["classes"]) if c in ("benign", "malignant")]
+        tumor = [i for i, c in enumerate(data["classes"]) if c in TUMOR_CLASSES]
         labels = [int(data["classes"][i] == "malignant") for i in tumor]
         row["fidelity_auc_real"] = label_fidelity(images[tumor, 0].numpy(), labels, classifier)["auc"]
         row["fidelity_auc"] = label_fidelity(recon[tumor, 0].numpy(), labels, classifier)["auc"]

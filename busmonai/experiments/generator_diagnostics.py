@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from busmonai.clinical.classes import TUMOR_CLASSES
+
 
 def load_models(run: Path, device: str) -> dict[str, Any]:
     """The chain's networks from ``run/<stage>/model*.pt`` (self-describing checkpoints)."""
@@ -74,7 +76,7 @@ def test_items(datalist: Path, split: str, image_size: int, limit: int | None, s
     spaced with ``spread``, so that both classes of a class-sorted split are in; else the first)."""
     from busmonai.data.dataset import LoadPNGd, datalist_split
 
-    items = datalist_split(datalist, split, ("benign", "malignant"), image_size,
+    items = datalist_split(datalist, split, TUMOR_CLASSES, image_size,
                            keys=("image", "mask", "prompt", "class"))
     if spread and limit is not None and len(items) > limit:
         items = [items[round(k * (len(items) - 1) / (limit - 1))] for k in range(limit)]

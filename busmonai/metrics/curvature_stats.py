@@ -25,18 +25,17 @@ from typing import Any
 import numpy as np
 
 from busmonai.clinical.curvature import curvature_statistics
-from busmonai.data.prepare import TUMOR_CLASSES
+from busmonai.clinical.classes import ALL_CLASSES, LESION_CLASSES, TUMOR_CLASSES
 from busmonai.errors import BusmonaiInputError
 from busmonai.metrics.sources import datalist_items, is_datalist, item_class, load_mask_array, walk_image_files
 
-KNOWN_CLASSES = ("benign", "malignant", "normal", "tumor")
 
 
 def _folder_masks(folder: Path) -> list[tuple[Path, str | None]]:
     found = []
     for path, _ in walk_image_files(folder, "masks"):
         prefix = path.stem.split("_")[0].lower()
-        found.append((path, prefix if prefix in KNOWN_CLASSES else None))
+        found.append((path, prefix if prefix in ALL_CLASSES else None))
     return found
 
 
@@ -44,7 +43,7 @@ def mask_files(source: Path | str, split: str | None = None) -> list[tuple[Path,
     """``(mask path, class or None)`` for the tumor masks of a datalist or folder (module docstring)."""
     source = Path(source)
     if is_datalist(source):
-        items = datalist_items(source, split, classes=TUMOR_CLASSES, keys=("mask",))
+        items = datalist_items(source, split, classes=LESION_CLASSES, keys=("mask",))
         return [(Path(i["mask"]), item_class(i)) for i in items]
     if split is not None:
         raise BusmonaiInputError(f"--split {split} applies to datalists, but {source} is a folder; drop --split")
@@ -52,7 +51,7 @@ def mask_files(source: Path | str, split: str | None = None) -> list[tuple[Path,
 
 
 def mask_curvature_statistics(source: Path | str, split: str | None = None,
-                              classes: Sequence[str] = ("benign", "malignant")) -> dict[str, Any]:
+                              classes: Sequence[str] = TUMOR_CLASSES) -> dict[str, Any]:
     """Mean / std / n of the boundary curvature of every mask, and per class when classes are known.
 
     Returns:

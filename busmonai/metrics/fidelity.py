@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.errors import BusmonaiInputError
 from busmonai.metrics.sources import datalist_items, item_class, load_image_stack
 
@@ -102,7 +103,7 @@ def datalist_fidelity(
     datalist: Path | str, classifier: Classifier, split: str | None = None, batch_size: int = 16
 ) -> dict[str, Any]:
     """:func:`label_fidelity` on the benign and malignant items of a (synthetic) datalist."""
-    items = datalist_items(datalist, split, classes=("benign", "malignant"))
+    items = datalist_items(datalist, split, classes=TUMOR_CLASSES)
     classes = [item_class(i) for i in items]
     unknown = [i["image"] for i, c in zip(items, classes) if c is None]
     if unknown:

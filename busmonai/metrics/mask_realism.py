@@ -64,6 +64,7 @@ from skimage.measure import perimeter, regionprops
 from torch import nn
 
 from busmonai.clinical.bbox import bbox_iou, mask_bbox
+from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.clinical.curvature import boundary_curvature, canonicalize_mask
 from busmonai.errors import BusmonaiInputError
 from busmonai.metrics.fidelity import roc_auc
@@ -89,7 +90,7 @@ __all__ = [
     "write_comparison_sheet",
 ]
 
-CLASSES: tuple[str, ...] = ("benign", "malignant")
+CLASSES: tuple[str, ...] = TUMOR_CLASSES
 """Tumor classes compared separately (the order of every per-class output)."""
 STATISTICS: tuple[str, ...] = ("solidity", "eccentricity", "roughness", "curvature", "rect_fill")
 """Per-mask shape statistics of :func:`shape_statistics`."""

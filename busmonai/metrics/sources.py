@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from busmonai.data.imageio import load_gray, resize_gray, to_uint8
-from busmonai.data.prepare import TUMOR_CLASSES
+from busmonai.clinical.classes import LESION_CLASSES
 from busmonai.errors import BusmonaiInputError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
@@ -117,7 +117,7 @@ def item_class(item: dict[str, Any]) -> str | None:
 def datalist_items(
     path: Path | str,
     split: str | None = None,
-    classes: Sequence[str] | None = TUMOR_CLASSES,
+    classes: Sequence[str] | None = LESION_CLASSES,
     keys: Sequence[str] = ("image",),
 ) -> list[dict[str, Any]]:
     """Items of a datalist with the paths under ``keys`` resolved to absolute paths.
@@ -174,7 +174,7 @@ def datalist_items(
 
 
 def image_source(
-    source: Path | str, split: str | None = None, classes: Sequence[str] | None = TUMOR_CLASSES
+    source: Path | str, split: str | None = None, classes: Sequence[str] | None = LESION_CLASSES
 ) -> ImageSource:
     """Collect the images of a folder or a datalist (see the module docstring for the rules)."""
     source = Path(source)

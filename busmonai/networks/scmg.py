@@ -57,6 +57,7 @@ from scipy import ndimage
 from torch import nn
 
 from busmonai.clinical.bbox import bboxes_to_maps, validate_bbox
+from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.errors import BusmonaiInputError
 
 __all__ = [
@@ -70,7 +71,7 @@ __all__ = [
     "validate_types",
 ]
 
-TUMOR_TYPES: tuple[str, ...] = ("benign", "malignant")
+TUMOR_TYPES: tuple[str, ...] = TUMOR_CLASSES
 """Tumor type names; the type index ``k`` is the position in this tuple (the datalist ``label``)."""
 BOX_BANK_SIZE = 256
 """Rectangles per class kept in the generator's ``box_bank`` buffer (resampled training boxes)."""

@@ -31,6 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from busmonai.clinical.bbox import mask_bbox
+from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.clinical.ellipse import EllipseMaskPrior, generate_ellipse_mask
 from busmonai.clinical.prompts import CLASS_DEFAULTS, build_prompt
 from busmonai.data.imageio import save_png
@@ -47,7 +48,6 @@ DATALIST_NAME = "datalist.json"
 SHEET_NAME = "sheet.png"
 MODES = ("full", "text", "mask")
 MASK_SOURCES = ("real", "ellipse", "scmg")
-TUMOR_CLASSES = ("benign", "malignant")
 ATTRIBUTE_DEFAULT_PROBABILITY = 0.75
 """Without a datalist, the class's typical attribute is drawn with this probability."""
 

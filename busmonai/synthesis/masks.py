@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from busmonai.checkpoint_io import read_checkpoint
 from busmonai.clinical.bbox import mask_bbox, validate_bbox
+from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.clinical.ellipse import EllipseMaskPrior, generate_ellipse_mask
 from busmonai.data.imageio import save_png
 from busmonai.data.prepare import load_datalist
@@ -39,10 +40,10 @@ def fit_prior_from_datalist(path: Path | str) -> EllipseMaskPrior:
     datalist = load_datalist(path)
     masks, labels = [], []
     for item in datalist["training"]:
-        if item.get("class") in ("benign", "malignant"):
+        if item.get("class") in TUMOR_CLASSES:
             masks.append(np.asarray(Image.open(path.parent / item["mask"])) > 127)
             labels.append(item["class"])
-    if not {"benign", "malignant"} <= set(labels):
+    if not set(TUMOR_CLASSES) <= set(labels):
         raise BusmonaiInputError(f"{path}: the training split needs benign and malignant masks to fit the prior")
     return EllipseMaskPrior.fit(masks, labels)
 

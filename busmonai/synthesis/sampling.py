@@ -20,6 +20,7 @@ from monai.networks.schedulers import DDIMScheduler
 from torch import nn
 from tqdm import tqdm
 
+from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.networks.latent_diffusion import UNCONDITIONAL_FILL
 
 
@@ -284,7 +285,7 @@ def preview_batch(items: Sequence[dict], image_size: int, n: int = 4) -> dict:
     from busmonai.data.dataset import LoadPNGd
 
     load = LoadPNGd(keys=("image", "mask"), image_size=image_size)
-    chosen = [load(dict(item)) for item in items if item.get("class") in ("benign", "malignant")][:n]
+    chosen = [load(dict(item)) for item in items if item.get("class") in TUMOR_CLASSES][:n]
     if not chosen:
         raise ValueError("no benign or malignant item to preview")
     return {"image": torch.stack([c["image"] for c in chosen]), "mask": torch.stack([c["mask"] for c in chosen]),

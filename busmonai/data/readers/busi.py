@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from busmonai.clinical.classes import IMAGE_CLASSES, TUMOR_CLASSES
 from busmonai.data.readers.common import natural_key, require_dir
 from busmonai.data.records import RawCase
 from busmonai.errors import BusmonaiInputError
 
-BUSI_CLASSES = ("benign", "malignant", "normal")
+BUSI_CLASSES = IMAGE_CLASSES
 _MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_\d+)?$")
 
 
@@ -33,7 +34,7 @@ def read_busi(root: Path) -> list[RawCase]:
     root = require_dir(root)
     if not any((root / c).is_dir() for c in BUSI_CLASSES) and (root / "Dataset_BUSI_with_GT").is_dir():
         root = root / "Dataset_BUSI_with_GT"
-    if not any((root / c).is_dir() for c in ("benign", "malignant")):
+    if not any((root / c).is_dir() for c in TUMOR_CLASSES):
         raise BusmonaiInputError(
             f"{root}: no 'benign/' or 'malignant/' folder; point --root at BUSI's "
             "'Dataset_BUSI_with_GT' folder (or a folder written by 'busmonai phantom')"

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from busmonai.clinical.classes import IMAGE_CLASSES
 from busmonai.errors import BusmonaiInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -212,7 +213,7 @@ def case_id_key(value: object) -> str:
     return f"{match['prefix']}{int(match['number'])}" if match else text
 
 
-def parse_class(value: object, allowed: tuple[str, ...] = ("benign", "malignant", "normal")) -> str | None:
+def parse_class(value: object, allowed: tuple[str, ...] = IMAGE_CLASSES) -> str | None:
     """The class named by a label cell (``Benign``, ``B``, ``malignant``, ``M``, ``normal``...).
 
     Returns:

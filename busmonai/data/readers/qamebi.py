@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from busmonai.clinical.classes import IMAGE_CLASSES, TUMOR_CLASSES
 from busmonai.data.readers.common import (
     descend,
     find_child,
@@ -29,12 +30,12 @@ from busmonai.data.readers.common import (
 from busmonai.data.records import RawCase
 from busmonai.errors import BusmonaiInputError
 
-QAMEBI_CLASSES = ("benign", "malignant", "normal")
+QAMEBI_CLASSES = IMAGE_CLASSES
 
 
 def _has_class_folder(folder: Path) -> bool:
     """True if ``folder`` has a ``benign/`` or ``malignant/`` folder (any case)."""
-    return find_child(folder, ("benign", "malignant")) is not None
+    return find_child(folder, TUMOR_CLASSES) is not None
 
 
 def read_qamebi(root: Path) -> list[RawCase]:

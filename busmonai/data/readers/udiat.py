@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.data.readers.common import (
     case_id_key,
     descend,
@@ -49,7 +50,7 @@ def _labels(root: Path) -> dict[str, str]:
     for row in sheet.rows:
         if row[id_col] is None:
             continue
-        cls = parse_class(row[type_col], allowed=("benign", "malignant"))
+        cls = parse_class(row[type_col], allowed=TUMOR_CLASSES)
         if cls is None:
             raise BusmonaiInputError(
                 f"{sheet.where(row)}: unknown type {row[type_col]!r} for image {row[id_col]!r}; "
