@@ -28,7 +28,7 @@ from busmonai.errors import BusmonaiInputError
 CLS = "bundles/classification/configs"
 SEG = "bundles/segmentation/configs"
 TINY_CLS = {"image_size": 32, "network_name": "test_efficientnet", "batch_size": 4, "val_batch_size": 4}
-TINY_SEG = {"image_size": 32, "network_name": "resunet", "seg_channels": [4, 8, 8], "batch_size": 4,
+TINY_SEG = {"image_size": 32, "num_res_units": 1, "seg_channels": [4, 8, 8], "batch_size": 4,
             "val_batch_size": 4}
 
 
@@ -270,8 +270,9 @@ def _export_and_compare(config: str, ckpt: Path, target: Path, shape: tuple[int,
 @pytest.fixture(scope="module")
 def segmenter_run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     out = tmp_path_factory.mktemp("seg") / "segmentation"
-    workflow = run_bundle([f"{SEG}/train.json"], datalist=str(data["real"]), synthetic_datalist=str(data["synthetic"]),
-                          ratio=0.5, augment="ordinary", output_dir=str(out), max_epochs=2, **TINY_SEG)
+    workflow = run_bundle([f"{SEG}/train.json", f"{SEG}/ordinary_augmentation.json"], datalist=str(data["real"]),
+                          synthetic_datalist=str(data["synthetic"]), ratio=0.5, output_dir=str(out), max_epochs=2,
+                          **TINY_SEG)
     return out, workflow
 
 
@@ -318,7 +319,7 @@ def test_segmenter_inference_writes_masks_and_exports(segmenter_run: tuple[Path,
         values = np.asarray(Image.open(mask))
         assert values.shape == (32, 32) and set(np.unique(values)) <= {0, 255}
     _export_and_compare(f"{SEG}/train.json", out / "model.pt", tmp_path / "seg.ts", (2, 1, 32, 32),
-                        network_name="resunet", seg_channels=[4, 8, 8])
+                        num_res_units=1, seg_channels=[4, 8, 8])
 
 
 def test_segmenter_multi_gpu_config_on_cpu_with_gloo(data: dict[str, Path], tmp_path: Path) -> None:
@@ -330,10 +331,27 @@ def test_segmenter_multi_gpu_config_on_cpu_with_gloo(data: dict[str, Path], tmp_
 
 @pytest.mark.parametrize("name", ["unet", "attention_unet", "unetplusplus", "resunet"])
 def test_every_segmenter_returns_full_size_logits(name: str) -> None:
-    from busmonai.networks.downstream import segmenter
+    """Each segmenter is an override file of the bundle (the UNet is train.json's own) and returns
+    scriptable full-size logits."""
+    from monai.bundle import ConfigParser
 
-    net = torch.jit.script(segmenter(name, channels=(4, 8, 8)))
+    from busmonai.experiments.downstream_sweep import train_configs
+
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in train_configs("segmentation", name)])
+    parser.update({"seg_channels": [4, 8, 8]})
+    net = torch.jit.script(parser.get_parsed_content("network_def"))
     assert net(torch.rand(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+    assert parser.get_parsed_content("network_name") == name
+
+
+def test_the_sweep_refuses_a_segmenter_without_an_override_file() -> None:
+    from busmonai.experiments.downstream_sweep import train_configs
+
+    with pytest.raises(BusmonaiInputError, match="--networks segformer: no .*segformer.json; use unet or one of"):
+        train_configs("segmentation", "segformer")
+    names = [p.name for p in train_configs("classification", "resnet50", "ordinary", adaptive=True)]
+    assert names == ["train.json", "ordinary_augmentation.json", "adaptive_sampler.json"]
 
 
 def test_bundles_reject_bad_inputs(data: dict[str, Path], tmp_path: Path) -> None:

@@ -32,15 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.transforms import (
-    Compose,
-    RandAdjustContrastd,
-    RandAffined,
-    RandFlipd,
-    RandRotated,
-    RandScaleIntensityd,
-    ScaleIntensityRanged,
-)
+from monai.transforms import Compose
 
 from busmonai.clinical.classes import LESION_CLASSES, TUMOR_CLASSES
 from busmonai.data.dataset import datalist_split
@@ -48,7 +40,6 @@ from busmonai.data.prepare import load_datalist
 from busmonai.errors import BusmonaiInputError
 
 SPLITS: tuple[str, ...] = ("training", "validation", "test")
-AUGMENT_MODES: tuple[str, ...] = ("none", "ordinary")
 
 
 def parse_ratio(value: str | float | int) -> float:
@@ -343,35 +334,21 @@ def external_items(
     return sets
 
 
-def augmentation(
-    mode: str = "none",
-    image_keys: Sequence[str] = ("image",),
-    mask_keys: Sequence[str] = (),
-    image_size: int = 64,
-) -> Compose:
-    """The "ordinary augmentation" baseline of the papers as MONAI dictionary transforms.
+def no_augmentation(mode: str = "none") -> Compose:
+    """The base ``train#augment`` of the downstream bundles: no transform.
 
-    ``none``: identity. ``ordinary``: horizontal flip (p 0.5), rotation up to 15 degrees
-    (p 0.5), affine scaling +-10 % and translation +-8 % (p 0.5), brightness (intensity scale
-    +-20 %, p 0.5) and contrast (gamma 0.7-1.5, p 0.5) on the images, intensities clipped to
-    [0, 1]. Masks follow the geometric transforms with nearest-neighbour interpolation.
+    The papers' "ordinary augmentation" (horizontal flip, rotation up to 15 degrees, affine
+    scaling +-10 % and translation +-8 %, brightness +-20 % and contrast (gamma 0.7-1.5), each
+    with p 0.5, masks following the geometric transforms with nearest-neighbour interpolation) is
+    the transform list of each bundle's ``configs/ordinary_augmentation.json``, which also sets
+    ``augment`` to ``ordinary``; ``augment`` only names what ``train#augment`` holds.
 
     Raises:
-        BusmonaiInputError: an unknown ``mode``.
+        BusmonaiInputError: ``augment`` set to anything but ``none`` without the override file.
     """
-    if mode not in AUGMENT_MODES:
-        raise BusmonaiInputError(f"augment {mode!r}: use one of {', '.join(AUGMENT_MODES)}")
-    if mode == "none":
-        return Compose([])
-    keys = [*image_keys, *mask_keys]
-    modes = ["bilinear"] * len(image_keys) + ["nearest"] * len(mask_keys)
-    shift = 0.08 * image_size
-    return Compose([
-        RandFlipd(keys, prob=0.5, spatial_axis=1),
-        RandRotated(keys, range_x=math.radians(15), prob=0.5, mode=modes, padding_mode="zeros", keep_size=True),
-        RandAffined(keys, prob=0.5, scale_range=(0.1, 0.1), translate_range=(shift, shift), mode=modes,
-                    padding_mode="zeros"),
-        RandScaleIntensityd(list(image_keys), factors=0.2, prob=0.5),
-        RandAdjustContrastd(list(image_keys), gamma=(0.7, 1.5), prob=0.5),
-        ScaleIntensityRanged(list(image_keys), a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
-    ])
+    if mode != "none":
+        raise BusmonaiInputError(
+            f"augment {mode!r}: augmentation is an override file, not a key; merge the bundle's "
+            "configs/ordinary_augmentation.json after train.json "
+            "(--config_file \"['.../train.json','.../ordinary_augmentation.json']\")")
+    return Compose([])

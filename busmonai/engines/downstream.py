@@ -3,108 +3,36 @@
 The papers judge synthetic images by what they do for diagnosis models (docs/method.md section 6):
 AUC and F1 of benign-vs-malignant classifiers, Dice of tumor segmenters on the internal test set
 and on an external one (STU) — the journal paper (Medical Image Analysis 2025), CP (MICCAI 2025)
-and LT-GenAug report these. This module keeps the metric definitions in one place for both
-bundles' validation (``train.json``) and test evaluation (``evaluate.json``):
-
-- classification: ``auc`` (MONAI ``ROCAUC``; key metric, selects ``model.pt``), ``f1``,
-  ``accuracy``, ``sensitivity``, ``specificity`` (MONAI ``ConfusionMatrix`` with malignant as the
-  positive class);
-- segmentation: ``dice`` (MONAI ``MeanDice`` of the tumor channel; key metric).
-
-All are Ignite metric handlers attached to a MONAI ``SupervisedEvaluator``. Evaluation refuses
-synthetic items: validation and test are always real.
+and LT-GenAug report these. The bundles declare their metrics, post-transforms and augmentation
+in JSON (``train.json``: ``validate#key_metric``, ``validate#postprocessing``; ``evaluate.json``
+the same for the test sets); this module holds what configs cannot say: running an evaluator per
+named set (:func:`evaluate_sets`), refusing synthetic items in validation and test sets (always
+real), the preview rows and the inference items.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
-from monai.handlers import ConfusionMatrix, MeanDice, ROCAUC, StatsHandler, from_engine
-from monai.transforms import Activationsd, AsDiscreted, Compose, CopyItemsd
+from monai.handlers import StatsHandler
 from torch import nn
 
 from busmonai.clinical.classes import IMAGE_CLASSES
 from busmonai.data.dataset import LoadPNGd
 from busmonai.data.mixing import class_counts
-from busmonai.files import write_json_atomic
 from busmonai.errors import BusmonaiInputError
+from busmonai.files import write_json_atomic
 
 __all__ = [
-    "TASKS", "assert_real", "classification_preview_rows", "evaluate_sets", "format_results", "image_keys",
-    "inference_items", "loaded_keys", "metrics", "postprocessing", "prepare_batch", "segmentation_preview_rows",
+    "assert_real", "classification_preview_rows", "evaluate_sets", "format_results", "inference_items",
+    "segmentation_preview_rows",
 ]
-
-TASKS: tuple[str, ...] = ("classification", "segmentation")
-CONFUSION_METRICS: dict[str, str] = {
-    "f1": "f1 score", "accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity",
-}
-
-
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise BusmonaiInputError(f"task {task!r}: use one of {', '.join(TASKS)}")
-
-
-def image_keys(task: str) -> tuple[str, ...]:
-    """Item keys of each task: ``image`` and ``label``, the class (classification) or the mask file
-    (segmentation, as MONAI Label passes them)."""
-    _check_task(task)
-    return ("image", "label")
-
-
-def loaded_keys(task: str) -> tuple[str, ...]:
-    """Item keys holding files to load: the image, and for segmentation the mask (``label``)."""
-    _check_task(task)
-    return ("image",) if task == "classification" else ("image", "label")
-
-
-def prepare_batch(task: str) -> Any:
-    """The ``prepare_batch`` of ``task`` for MONAI trainers and evaluators: ``(image, label)``."""
-    from monai.engines.utils import default_prepare_batch
-
-    _check_task(task)
-    return default_prepare_batch
-
-
-def postprocessing(task: str, num_classes: int = 2) -> Compose:
-    """Per-item post-transforms of the evaluator output.
-
-    Classification: ``pred`` -> softmax probabilities, ``pred_class`` -> one-hot argmax, ``label``
-    -> one-hot. Segmentation: ``pred`` -> one-hot argmax, ``label`` (the mask) -> one-hot.
-    """
-    _check_task(task)
-    if task == "classification":
-        return Compose([
-            Activationsd(keys="pred", softmax=True),
-            CopyItemsd(keys="pred", names="pred_class"),
-            AsDiscreted(keys="pred_class", argmax=True, to_onehot=num_classes),
-            AsDiscreted(keys="label", to_onehot=num_classes),
-        ])
-    return Compose([
-        Activationsd(keys="pred", softmax=True),
-        AsDiscreted(keys="pred", argmax=True, to_onehot=num_classes),
-        AsDiscreted(keys="label", to_onehot=num_classes),
-    ])
-
-
-def metrics(task: str, prefix: str = "val_") -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(key_metric, additional_metrics)`` Ignite handlers of ``task``, names prefixed by ``prefix``."""
-    _check_task(task)
-    if task == "segmentation":
-        return {f"{prefix}dice": MeanDice(include_background=False, output_transform=from_engine(["pred", "label"]))}, {}
-    key = {f"{prefix}auc": ROCAUC(output_transform=from_engine(["pred", "label"]))}
-    additional = {
-        f"{prefix}{short}": ConfusionMatrix(include_background=False, metric_name=name,
-                                            output_transform=from_engine(["pred_class", "label"]))
-        for short, name in CONFUSION_METRICS.items()
-    }
-    return key, additional
 
 
 def assert_real(items: Sequence[Mapping[str, Any]], what: str) -> None:
@@ -132,7 +60,10 @@ def _finite(value: Any) -> float | None:
 def evaluate_sets(
     network: nn.Module,
     sets: Mapping[str, Sequence[Mapping[str, Any]]],
-    task: str,
+    load_keys: Sequence[str],
+    postprocessing: Callable[..., Any],
+    key_metric: Mapping[str, Callable[[], Any]],
+    additional_metrics: Mapping[str, Callable[[], Any]] | None = None,
     device: torch.device | str = "cpu",
     image_size: int | None = None,
     batch_size: int = 16,
@@ -142,10 +73,17 @@ def evaluate_sets(
 ) -> dict[str, Any]:
     """Evaluate ``network`` on each named real item list with a MONAI ``SupervisedEvaluator``.
 
+    The bundle's ``evaluate.json`` declares what an evaluation is: the item keys to load, the
+    ``postprocessing`` transforms and the metric handlers (as ``"_mode_": "callable"`` components,
+    so each set gets fresh ones).
+
     Args:
         network: the trained network (eval mode is set by the evaluator).
         sets: ``{name: items}``, e.g. ``{"test": ..., "STU": ...}``.
-        task: ``classification`` or ``segmentation``.
+        load_keys: item keys holding files to load (``image``; and ``label`` for a mask).
+        postprocessing: the evaluator's per-item post-transforms.
+        key_metric: ``{name: factory}`` of the key metric handler.
+        additional_metrics: ``{name: factory}`` of further metric handlers.
         device: where to run.
         image_size: expected image side (checked per file).
         batch_size: evaluation batch size.
@@ -161,16 +99,15 @@ def evaluate_sets(
         BusmonaiInputError: synthetic items in a set, or an empty set.
     """
     results: dict[str, Any] = dict(extra or {})
-    loaded = list(loaded_keys(task))
     for name, items in sets.items():
         if not items:
             raise BusmonaiInputError(f"evaluation set {name!r} is empty")
         assert_real(items, f"evaluation set {name!r}")
-        key, additional = metrics(task, prefix="")
         evaluator = SupervisedEvaluator(
-            device=torch.device(device), val_data_loader=_loader(items, loaded, image_size, batch_size, num_workers),
-            network=network, prepare_batch=prepare_batch(task), postprocessing=postprocessing(task),
-            key_val_metric=key, additional_metrics=additional,
+            device=torch.device(device), val_data_loader=_loader(items, load_keys, image_size, batch_size, num_workers),
+            network=network, postprocessing=postprocessing,
+            key_val_metric={k: make() for k, make in key_metric.items()},
+            additional_metrics={k: make() for k, make in (additional_metrics or {}).items()},
             val_handlers=[StatsHandler(iteration_log=False, name=f"evaluate_{name}")],
         )
         evaluator.run()

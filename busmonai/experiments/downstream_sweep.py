@@ -106,15 +106,42 @@ def load_results(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def train_configs(task: str, network: str, augment: str = "none", adaptive: bool = False) -> list[Path]:
+    """The bundle's config files of one arm, merged in order: ``train.json``; for segmentation the
+    network's override file (``attention_unet.json``, ``resunet.json``, ``unetplusplus.json``; the
+    UNet is ``train.json``'s own); ``ordinary_augmentation.json``; ``adaptive_sampler.json``.
+
+    Raises:
+        BusmonaiInputError: a segmenter without an override file.
+    """
+    from busmonai.errors import BusmonaiInputError
+
+    configs = [bundle_config(task, "train.json")]
+    if task == "segmentation" and network != DEFAULT_NETWORK["segmentation"]:
+        override = bundle_config(task, "train.json").with_name(f"{network}.json")
+        if not override.is_file():
+            known = sorted(p.stem for p in override.parent.glob("*.json")
+                           if p.stem not in ("train", "evaluate", "inference", "metadata", "paper", "multi_gpu_train",
+                                             "ordinary_augmentation"))
+            raise BusmonaiInputError(f"--networks {network}: no {override}; use unet or one of {', '.join(known)}")
+        configs.append(override)
+    if augment == "ordinary":
+        configs.append(bundle_config(task, "ordinary_augmentation.json"))
+    if adaptive:
+        configs.append(bundle_config(task, "adaptive_sampler.json"))
+    return configs
+
+
 def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, augment: str, seed: int) -> dict:
     """Train and evaluate one cell; return its result row."""
     cell_dir = Path(args.out).resolve() / args.task / network / f"r{token}" / f"s{seed}"
     if cell_dir.exists():  # interrupted earlier: start over so every cell gets the same budget
         shutil.rmtree(cell_dir)
-    common = {"image_size": args.image_size, "network_name": network, "seed": seed, "output_dir": str(cell_dir),
-              **args.overrides}
+    common = {"image_size": args.image_size, "seed": seed, "output_dir": str(cell_dir), **args.overrides}
+    if args.task == "classification":  # a timm model name; segmenters are override files (train_configs)
+        common["network_name"] = network
     synthetic = args.synthetic and uses_synthetic(token, ratio)
-    train = {**common, "datalist": str(Path(args.datalist).resolve()), "ratio": ratio, "augment": augment,
+    train = {**common, "datalist": str(Path(args.datalist).resolve()), "ratio": ratio,
              "synthetic_datalist": str(Path(args.synthetic).resolve()) if synthetic else None,
              "max_minutes": args.minutes, "resume": False}
     if args.max_epochs:
@@ -122,14 +149,11 @@ def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, a
     elif args.minutes > 0:
         train["max_epochs"] = 100000
     start = time.perf_counter()
-    configs = [bundle_config(args.task, "train.json")]
-    if token == ADAPTIVE:
-        configs.append(bundle_config(args.task, "adaptive_sampler.json"))
-    run_config(configs, **train)
+    run_config(train_configs(args.task, network, augment, token == ADAPTIVE), **train)
     trained = json.loads((cell_dir / "metrics.json").read_text())
     evaluate = {**{k: v for k, v in common.items() if k in args.eval_keys or k in ("image_size", "network_name",
                                                                                        "seed", "output_dir")},
-                "datalist": str(Path(args.datalist).resolve())}
+                "network_name": trained.get("network_name", network), "datalist": str(Path(args.datalist).resolve())}
     if args.task == "segmentation":
         evaluate["external_datalists"] = [str(Path(p).resolve()) for p in args.external]
     run_config([bundle_config(args.task, "evaluate.json")], **evaluate)

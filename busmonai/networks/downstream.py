@@ -4,9 +4,10 @@
   the journal paper (Medical Image Analysis 2025) and CP (MICCAI 2025) use; built by ``timm``
   with ``pretrained=False`` and one input channel. Any other ``timm`` model name works too (the
   tests use ``test_efficientnet``). Pretrained weights are only read from a local file.
-- Segmenters (tumor masks): MONAI's UNet, Attention UNet, UNet++ (``BasicUNetPlusPlus``) and a
-  residual UNet (``UNet`` with ``num_res_units``). nnU-Net, also in the papers, is a framework of
-  its own and not rebuilt here.
+- Segmenters (tumor masks): MONAI's UNet (the segmentation bundle's ``network_arch``, with its
+  real arguments), and by override files Attention UNet, a residual UNet (``num_res_units``) and
+  UNet++ (``BasicUNetPlusPlus``, wrapped here to return one output). nnU-Net, also in the
+  papers, is a framework of its own and not rebuilt here.
 
 Every network returns logits of shape (B, num_classes) or (B, out_channels, H, W) and is
 TorchScript-scriptable, so ``python -m monai.bundle ckpt_export`` works on it.
@@ -32,7 +33,6 @@ CLASSIFIERS: dict[str, str] = {
     "densenet121": "densenet121",
     "mobilenetv2": "mobilenetv2_100",
 }
-SEGMENTERS: tuple[str, ...] = ("unet", "attention_unet", "unetplusplus", "resunet")
 
 
 def classifier(
@@ -120,46 +120,18 @@ class FirstOutput(nn.Module):
         return self.net(x)[0]
 
 
-def segmenter(
-    name: str = "unet",
-    channels: Sequence[int] = (16, 32, 64, 128),
-    in_channels: int = 1,
-    out_channels: int = 2,
-    num_res_units: int = 2,
-    dropout: float = 0.0,
-) -> nn.Module:
-    """A MONAI 2-D segmentation network returning (B, out_channels, H, W) logits.
+def unet_plus_plus(in_channels: int = 1, out_channels: int = 2, channels: Sequence[int] = (16, 32, 64, 128),
+                   dropout: float = 0.0) -> nn.Module:
+    """MONAI's ``BasicUNetPlusPlus`` returning the full-resolution logits only.
 
-    Args:
-        name: ``unet`` (plain UNet, no residual units), ``resunet`` (UNet with ``num_res_units``
-            residual units per level), ``attention_unet`` (``AttentionUnet``) or ``unetplusplus``
-            (``BasicUNetPlusPlus``, whose five encoder widths are ``channels`` extended by
-            doubling; it always downsamples 4 times).
-        channels: feature widths per level; each level after the first halves the resolution.
-        in_channels: image channels.
-        out_channels: classes (2: background, tumor).
-        num_res_units: residual units per level of ``resunet``.
-        dropout: dropout rate.
-
-    Raises:
-        BusmonaiInputError: an unknown name or fewer than two levels.
+    ``BasicUNetPlusPlus`` always has five encoder levels: ``channels`` (the bundle's
+    ``seg_channels``) give the first ones and are extended by doubling.
     """
-    from monai.networks.nets import AttentionUnet, BasicUNetPlusPlus, UNet
+    from monai.networks.nets import BasicUNetPlusPlus
 
-    channels = [int(c) for c in channels]
-    if len(channels) < 2:
-        raise BusmonaiInputError(f"seg_channels {channels}: give at least two levels")
-    strides = [2] * (len(channels) - 1)
-    if name == "unet":
-        return UNet(2, in_channels, out_channels, channels, strides, num_res_units=0, dropout=dropout)
-    if name == "resunet":
-        return UNet(2, in_channels, out_channels, channels, strides, num_res_units=num_res_units, dropout=dropout)
-    if name == "attention_unet":
-        return AttentionUnet(2, in_channels, out_channels, channels, strides, dropout=dropout)
-    if name == "unetplusplus":
-        widths = list(channels[:5])
-        while len(widths) < 5:
-            widths.append(widths[-1] * 2)
-        return FirstOutput(BasicUNetPlusPlus(2, in_channels, out_channels, features=(*widths, widths[0]),
-                                             dropout=dropout))
-    raise BusmonaiInputError(f"network_name {name!r}: unknown segmenter; use one of {', '.join(SEGMENTERS)}")
+    widths = [int(c) for c in channels][:5]
+    if not widths:
+        raise BusmonaiInputError("seg_channels is empty: give at least one width")
+    while len(widths) < 5:
+        widths.append(widths[-1] * 2)
+    return FirstOutput(BasicUNetPlusPlus(2, in_channels, out_channels, features=(*widths, widths[0]), dropout=dropout))
