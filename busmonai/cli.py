@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.errors import BusmonaiInputError, find_input_error
@@ -77,6 +79,30 @@ def _json_value(text: str) -> object:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def bounded(kind: type, low: float, high: float, low_open: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type``: a finite ``kind`` (int or float) in ``[low, high]`` (``(low, high]``
+    with ``low_open``); anything else exits with code 2 and says the range. The upper bounds keep
+    memory and run time sane (``prepare --size 100000`` would need tens of GB)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+        if not ok:
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range: use a finite value {'>' if low_open else '>='} {low:g} and <= {high:g}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+SIZE = bounded(int, 8, 2048)
+COUNT = bounded(int, 1, 1_000_000)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -188,10 +214,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
     """``busmonai demo [--data DIR] [--out DIR] [--minutes 10]``."""
     from busmonai.demo import run_demo
 
-    report = run_demo(args.out, data=args.data, minutes=args.minutes, seed=args.seed)
+    report = run_demo(args.out, data=args.data, minutes=args.minutes, seed=args.seed, overwrite=args.overwrite)
     statuses = [record["status"] for record in report["steps"].values()]
     print(f"demo finished in {report['seconds']:.0f} s ({statuses.count('ok')} steps ok, "
           f"{statuses.count('failed')} failed, {statuses.count('skipped')} skipped): {Path(args.out) / 'report.md'}")
+    failed = [name for name, record in report["steps"].items() if record["status"] == "failed"]
+    if failed:
+        raise StepsFailed(f"demo steps failed: {', '.join(failed)} (their errors are in {Path(args.out) / 'report.md'})")
+
+
+class StepsFailed(Exception):
+    """Some steps of a command failed; the report says which (exit code 1)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,29 +240,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help=f"one of: {', '.join(READERS)}")
     p.add_argument("--root", type=Path, required=True, help="the dataset folder, in its published layout")
     p.add_argument("--out", type=Path, required=True, help="output folder (not inside --root)")
-    p.add_argument("--size", type=int, default=256, help="side of the square output images (default 256)")
+    p.add_argument("--size", type=SIZE, default=256, help="side of the square output images (default 256)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--split", default="0.8,0.0,0.2", help="train,validation,test fractions (default 0.8,0.0,0.2)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("phantom", help="simulate a small BUSI-layout dataset of B-mode images")
     p.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
-    p.add_argument("--n", type=int, default=60, help="number of images (default 60)")
+    p.add_argument("--n", type=bounded(int, 1, 100_000), default=60, help="number of images (default 60)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--height", type=int, default=192)
-    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--height", type=SIZE, default=192)
+    p.add_argument("--width", type=SIZE, default=256)
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("masks", help="draw tumor masks without annotation")
     p.add_argument("--method", choices=("ellipse", "scmg"), default="ellipse")
     p.add_argument("--label", choices=TUMOR_CLASSES, required=True)
-    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--n", type=COUNT, required=True)
     p.add_argument("--out", type=Path, required=True, help="output folder (new, empty, or an earlier masks folder)")
-    p.add_argument("--size", type=int, default=256, help="mask side in px (default 256)")
+    p.add_argument("--size", type=SIZE, default=256, help="mask side in px (default 256)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bbox", type=_bbox, default=None, help="bounding rectangle x0,y0,x1,y1 to respect")
     p.add_argument("--datalist", type=Path, default=None, help="fit sizes and aspects to this datalist's training masks")
-    p.add_argument("--sigma", type=float, default=None, help="elastic irregularity (default: per class)")
+    p.add_argument("--sigma", type=bounded(float, 0, 10), default=None, help="elastic irregularity (default: per class)")
     p.add_argument("--size-class", choices=("small", "medium", "large"), default=None)
     p.add_argument("--checkpoint", type=Path, default=Path("runs/scmg/model.pt"),
                    help="SCMG generator for --method scmg (default runs/scmg/model.pt, written by bundles/scmg)")
@@ -237,20 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="synthesise a labeled dataset with the ControlNet + LDM")
     p.add_argument("--out", type=Path, required=True, help="output folder (new, or an unfinished run to resume)")
-    p.add_argument("--n", type=int, default=0, help="number of images (classes balanced)")
+    p.add_argument("--n", type=bounded(int, 0, 1_000_000), default=0, help="number of images (classes balanced)")
     p.add_argument("--ratio-of", type=Path, default=None, help="real datalist: generate --ratio x its training set")
-    p.add_argument("--ratio", type=float, default=None, help="synthetic:real ratio with --ratio-of (e.g. 1.0)")
+    p.add_argument("--ratio", type=bounded(float, 0, 1000), default=None, help="synthetic:real ratio with --ratio-of (e.g. 1.0)")
     p.add_argument("--mask-source", choices=("real", "ellipse", "scmg"), default="ellipse")
     p.add_argument("--mode", choices=("full", "text", "mask"), default="full",
                    help="full: text + mask; text: no ControlNet; mask: ControlNet without a prompt")
-    p.add_argument("--guidance", type=float, default=3.0, help="text guidance weight")
-    p.add_argument("--mask-guidance", type=float, default=None,
+    p.add_argument("--guidance", type=bounded(float, 0, 100), default=3.0, help="text guidance weight")
+    p.add_argument("--mask-guidance", type=bounded(float, 0, 100), default=None,
                    help="mask guidance weight against the bare UNet (default: --guidance; 1: guide the text only)")
-    p.add_argument("--conditioning-scale", type=float, default=1.0, help="multiplier of the ControlNet residuals")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--conditioning-scale", type=bounded(float, 0, 100), default=1.0, help="multiplier of the ControlNet residuals")
+    p.add_argument("--steps", type=bounded(int, 1, 1000), default=50, help="DDIM steps (1-1000: the training schedule has 1000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--batch-size", type=bounded(int, 1, 4096), default=16)
+    p.add_argument("--image-size", type=SIZE, default=64)
     p.add_argument("--datalist", type=Path, default=None, help="real datalist for real masks and attribute frequencies")
     p.add_argument("--autoencoder-ckpt", dest="autoencoder_ckpt", type=Path, default=None)
     p.add_argument("--ldm-ckpt", dest="ldm_ckpt", type=Path, default=None)
@@ -271,8 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline end to end with a report (phantom data by default)")
     p.add_argument("--data", type=Path, default=None, help="a BUSI folder instead of the embedded phantom")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="report folder (default runs/demo)")
-    p.add_argument("--minutes", type=float, default=10.0, help="time budget (default 10)")
+    p.add_argument("--minutes", type=bounded(float, 0, 10_080, low_open=True), default=10.0,
+                   help="time budget (default 10; at most a week)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out that an earlier demo did not make")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("evaluate", help="FID/KID, mask adherence, label fidelity, curvature of generated images, mask realism")
@@ -284,9 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = metrics.add_parser("fid", parents=[common], help="FID and KID on InceptionV3 features (offline)")
     m.add_argument("real", type=Path, help="folder of real images or a datalist .json")
     m.add_argument("fake", type=Path, help="folder of generated images or a datalist .json")
-    m.add_argument("--size", type=int, default=None, help="resize images to SIZE x SIZE first (e.g. 64)")
-    m.add_argument("--kid-subsets", type=int, default=100)
-    m.add_argument("--kid-subset-size", type=int, default=1000)
+    m.add_argument("--size", type=SIZE, default=None, help="resize images to SIZE x SIZE first (e.g. 64)")
+    m.add_argument("--kid-subsets", type=bounded(int, 1, 100_000), default=100)
+    m.add_argument("--kid-subset-size", type=bounded(int, 2, 1_000_000), default=1000)
     m.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     m = metrics.add_parser("adherence", parents=[common], help="Dice of conditioning masks vs segmentations")
     m.add_argument("datalist", type=Path, help="synthetic datalist (items with image and mask)")
@@ -325,6 +361,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished files are kept and unfinished ones were not written", file=sys.stderr)
         return 130
+    except StepsFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full or read-only disk, a missing folder, a permission
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}; check that the path exists and is writable and that the disk "
+              "has space", file=sys.stderr)
+        return 2
     except RuntimeError as err:  # MONAI wraps errors raised inside bundle configs
         cause = find_input_error(err)
         if cause is None:

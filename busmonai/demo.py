@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 import traceback
@@ -51,6 +52,8 @@ IMAGE_SIZE = 64
 DEMO_STEPS = 20
 """DDIM steps of the demo's synthesis (the bundles default to 50)."""
 PHANTOM_IMAGES = 60
+DEMO_MARKER = ".busmonai_demo"
+"""The file that marks a folder as a demo's output (which a later demo may write into again)."""
 
 
 class _Steps:
@@ -166,20 +169,44 @@ def _loss_series(runs: Path) -> dict[str, tuple[list[float], list[float]]]:
     return series
 
 
+def check_folders(out: Path, data: Path | None, overwrite: bool = False) -> None:
+    """Refuse folders the demo must not write into: ``--data`` that is not a folder, ``--out`` equal
+    to, inside or above ``--data``, and a non-empty ``--out`` that no demo made (no
+    :data:`DEMO_MARKER`) unless ``overwrite``.
+
+    Raises:
+        BusmonaiInputError: naming the folder and the fix.
+    """
+    if data is not None:
+        if not data.is_dir():
+            raise BusmonaiInputError(f"--data {data}: not a folder; give a BUSI folder (Dataset_BUSI_with_GT) "
+                                     "or leave --data out for the embedded phantom")
+        a, b = out.resolve(), data.resolve()
+        if a == b or b in a.parents or a in b.parents:
+            raise BusmonaiInputError(f"--out {out} and --data {data} overlap: the demo would write into its input; "
+                                     "choose an --out outside the data folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARKER).is_file() and not overwrite:
+        raise BusmonaiInputError(f"--out {out}: a folder of other files, not an earlier demo's; choose a new or "
+                                 "empty folder, or pass --overwrite to write the demo's files into it")
+
+
 def run_demo(out: str | Path, data: str | Path | None = None, minutes: float = 10.0, seed: int = 0,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Run the pipeline and write ``out/report.md`` and ``out/report.json``; returns the report.
 
     Raises:
-        BusmonaiInputError: a non-positive budget, or ``--data`` that is not a BUSI folder.
+        BusmonaiInputError: a budget that is not a positive finite number, or the folders that
+            :func:`check_folders` refuses.
     """
     from busmonai.data.phantom import write_phantom_dataset
     from busmonai.data.prepare import prepare_dataset
 
-    if minutes <= 0:
+    if not (math.isfinite(minutes) and minutes > 0):
         raise BusmonaiInputError(f"--minutes {minutes}: give a positive time budget")
     out = Path(out)
+    check_folders(out, Path(data) if data else None, overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("a busmonai demo writes this folder\n")
     for stale in ("report.md", "report.json"):
         (out / stale).unlink(missing_ok=True)
     start = time.perf_counter()

@@ -67,6 +67,7 @@ def atomic_directory(out: Path, replace: bool = False) -> Iterator[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    os.chmod(tmp, user_mode(0o777))  # mkdtemp makes 0700: a colleague could not read the output
     try:
         yield tmp
         if out.exists() and replace:

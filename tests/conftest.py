@@ -17,6 +17,14 @@ torch.set_num_threads(1)
 SHARED_BUSI = Path(__file__).resolve().parents[2] / "shared" / "data" / "Dataset_BUSI_with_GT"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The user cache (Inception features) of the test session: a temporary folder, never ~/.cache."""
+    import os
+
+    os.environ["BUSMONAI_CACHE_DIR"] = str(tmp_path_factory.mktemp("user_cache"))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run every test in its own empty working directory, so that defaults relative to the working

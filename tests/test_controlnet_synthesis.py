@@ -117,8 +117,9 @@ def test_bad_inputs(trained_autoencoder: Path, trained_ldm: Path, trained_contro
                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = _checkpoint_args(trained_autoencoder, trained_ldm, trained_controlnet)
     # a negative ratio
-    assert main(["generate", "--out", str(tmp_path / "a"), "--ratio-of", str(datalist32), "--ratio", "-1", *args]) == 2
-    assert "--ratio -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--out", str(tmp_path / "a"), "--ratio-of", str(datalist32), "--ratio", "-1", *args])
+    assert exit_info.value.code == 2 and "--ratio: -1 is out of range" in capsys.readouterr().err
     # an output folder holding another run's files: refused, nothing overwritten
     first = tmp_path / "run"
     assert main(["generate", "--out", str(first), "--n", "2", *args]) == 0

@@ -59,7 +59,6 @@ def test_masks_fit_to_datalist(phantom_source: Path, tmp_path: Path) -> None:
         (["--bbox", "0,0,0,5"], "zero or negative area"),
         (["--bbox", "10,10,90,20"], "outside"),
         (["--method", "scmg"], "SCMG"),
-        (["--n", "0"], "at least one"),
     ],
 )
 def test_masks_bad_input(args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

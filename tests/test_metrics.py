@@ -110,9 +110,11 @@ def test_feature_cache(image_sets: dict[str, Path], features: dict[str, np.ndarr
     from busmonai.metrics.inception import _cache_candidates, cached_features
     from busmonai.metrics.sources import image_source
 
+    from busmonai.metrics.inception import user_cache_dir
+
     again = cached_features(image_source(image_sets["real"]), size=64)
-    assert again.from_cache and again.cache is not None and again.cache.parent == image_sets["real"].resolve()
-    assert again.cache.name.startswith(".busmonai_inception_")
+    assert again.from_cache and again.cache is not None and again.cache.parent == user_cache_dir()
+    assert not list(image_sets["real"].glob(".busmonai_inception_*"))  # nothing written into the input
     np.testing.assert_array_equal(again.features, features["real"])
     assert features["real"].shape == (N_IMAGES, 2048) and np.isfinite(features["real"]).all()
     # the cache file is not taken as an image; another size, or a touched file, is another entry
@@ -129,8 +131,9 @@ def test_feature_cache(image_sets: dict[str, Path], features: dict[str, np.ndarr
     assert _cache_candidates(source, 64)[0] == again.cache
 
 
-def test_feature_cache_falls_back_to_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A folder where the cache cannot be written sends it to $BUSMONAI_CACHE_DIR/inception."""
+def test_feature_cache_lives_in_the_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache goes to $BUSMONAI_CACHE_DIR/inception, never into the image folder; a cache an
+    earlier version wrote beside the images is still read."""
     from busmonai.metrics import inception
     from busmonai.metrics.sources import image_source
 
@@ -140,11 +143,16 @@ def test_feature_cache_falls_back_to_user_cache(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("BUSMONAI_CACHE_DIR", str(tmp_path / "user"))
     monkeypatch.setattr(inception, "inception_features", lambda images, **_: np.ones((len(images), 2048), np.float32))
     source = image_source(folder)
-    inception._cache_candidates(source, None)[0].mkdir()  # the local entry cannot be written as a file
+    before = sorted(folder.iterdir())
     first = inception.cached_features(source)
     assert not first.from_cache and first.cache is not None and first.cache.parent == tmp_path / "user" / "inception"
+    assert sorted(folder.iterdir()) == before
     again = inception.cached_features(source)
     assert again.from_cache and again.cache == first.cache
+    legacy = inception._cache_candidates(source, None)[1]
+    first.cache.rename(legacy)  # as an earlier version left it
+    old = inception.cached_features(source)
+    assert old.from_cache and old.cache == legacy
 
 
 # ---------------------------------------------------------------------------------------------

