@@ -117,6 +117,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         "mask_source": args.mask_source, "mode": args.mode, "guidance": args.guidance,
         "mask_guidance": args.mask_guidance, "conditioning_scale": args.conditioning_scale, "steps": args.steps,
         "seed": args.seed, "batch_size": args.batch_size, "image_size": args.image_size,
+        "background": absolute(args.background), "background_classes": args.background_classes,
+        "blend_margin": args.blend_margin,
     }
     for key in ("datalist", "autoencoder_ckpt", "ldm_ckpt", "controlnet_ckpt", "scmg_ckpt", "lora_adapter"):
         value = getattr(args, key)
@@ -284,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=bounded(int, 1, 4096), default=16)
     p.add_argument("--image-size", type=SIZE, default=64)
+    p.add_argument("--background", type=Path, default=None,
+                   help="datalist whose real training images receive the new lesions: only a dilated region "
+                        "around each mask is synthesised, the rest stays the real image")
+    p.add_argument("--background-classes", choices=("normal", "tumor"), default="normal",
+                   help="normal images (default), or tumor images whose lesion is erased and replaced")
+    p.add_argument("--blend-margin", type=bounded(int, 0, 64), default=3,
+                   help="px the synthesised region extends around the mask (default 3)")
     p.add_argument("--datalist", type=Path, default=None, help="real datalist for real masks and attribute frequencies")
     p.add_argument("--autoencoder-ckpt", dest="autoencoder_ckpt", type=Path, default=None)
     p.add_argument("--ldm-ckpt", dest="ldm_ckpt", type=Path, default=None)

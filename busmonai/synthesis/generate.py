@@ -13,6 +13,16 @@ batches, each written atomically, so an interrupted run continues at the first u
 and produces the same files as an uninterrupted one. Ablations (docs/method.md section 2): ``full``
 (text + mask), ``text`` (no ControlNet, "Ours-t"), ``mask`` (ControlNet with the unconditional,
 prompt-free context the model learned through prompt dropout, "Ours-m").
+
+Lesions into real images (``--background DATALIST``): each sample takes a real training image of
+that datalist (``normal`` images, or ``tumor`` images whose lesion is erased), moves its mask into
+the image's tissue region (:class:`busmonai.clinical.placement.TissueRegion`) and synthesises only
+inside the mask dilated by ``blend_margin`` px (OR the erased lesion): the real latent outside is
+put back, noised to the current step, after every denoising step
+(:class:`busmonai.synthesis.sampling.LatentInpainting`), and the decoded image is composed with
+the real pixels outside the region, so only the region is new. The label is exact by construction
+(the mask is where the lesion was drawn); adherence is measured anyway. Plan paths are checked to
+stay inside the output folder (:func:`output_path`).
 """
 
 from __future__ import annotations
@@ -26,13 +36,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from scipy import ndimage
 from torch import nn
 from tqdm import tqdm
 
 from busmonai.clinical.bbox import mask_bbox
-from busmonai.clinical.classes import TUMOR_CLASSES
+from busmonai.clinical.classes import NORMAL, TUMOR_CLASSES
 from busmonai.clinical.ellipse import EllipseMaskPrior, generate_ellipse_mask
+from busmonai.clinical.placement import TissueRegion
 from busmonai.clinical.prompts import CLASS_DEFAULTS, build_prompt
 from busmonai.data.imageio import save_png
 from busmonai.data.prepare import load_datalist
@@ -40,7 +53,7 @@ from busmonai.errors import BusmonaiInputError
 from busmonai.files import write_json_atomic
 from busmonai.networks.io_check import latent_shape
 from busmonai.networks.latent_diffusion import UNCONDITIONAL_FILL
-from busmonai.synthesis.sampling import ddim_sample, decode, make_ddim, seeded_noise
+from busmonai.synthesis.sampling import LatentInpainting, ddim_sample, decode, make_ddim, seeded_noise
 
 PRODUCER = "busmonai generate"
 PLAN_NAME = "plan.json"
@@ -50,6 +63,8 @@ MODES = ("full", "text", "mask")
 MASK_SOURCES = ("real", "ellipse", "scmg")
 ATTRIBUTE_DEFAULT_PROBABILITY = 0.75
 """Without a datalist, the class's typical attribute is drawn with this probability."""
+BACKGROUND_CLASSES: dict[str, tuple[str, ...]] = {"normal": (NORMAL,), "tumor": TUMOR_CLASSES}
+"""``--background-classes``: real images without a lesion, or tumor images whose lesion is replaced."""
 
 
 @dataclass
@@ -70,6 +85,9 @@ class GenerationSettings:
     image_size: int = 64
     datalist: str | None = None
     checkpoints: dict[str, str] = field(default_factory=dict)
+    background: str | None = None
+    background_classes: str = "normal"
+    blend_margin: int = 3
 
     def validate(self) -> None:
         """Raise :class:`BusmonaiInputError` for impossible settings."""
@@ -91,6 +109,11 @@ class GenerationSettings:
                 raise BusmonaiInputError(f"{name} {value}: give a finite number (e.g. 3.0 for guidance, 1.0 for the scale)")
         if self.steps < 1 or self.batch_size < 1:
             raise BusmonaiInputError("--steps and --batch-size must be at least 1")
+        if self.background_classes not in BACKGROUND_CLASSES:
+            raise BusmonaiInputError(f"--background-classes {self.background_classes!r}: use one of "
+                                     f"{', '.join(BACKGROUND_CLASSES)}")
+        if not 0 <= int(self.blend_margin) <= self.image_size // 4:
+            raise BusmonaiInputError(f"--blend-margin {self.blend_margin}: use 0 to {self.image_size // 4} px")
 
 
 def _training_tumors(datalist_path: str) -> tuple[Path, list[dict[str, Any]]]:
@@ -100,6 +123,33 @@ def _training_tumors(datalist_path: str) -> tuple[Path, list[dict[str, Any]]]:
     if not items:
         raise BusmonaiInputError(f"{path}: no benign or malignant training items")
     return path.parent, items
+
+
+def background_items(settings: GenerationSettings) -> tuple[Path, list[dict[str, Any]], TissueRegion]:
+    """The real images new lesions go into (training split of ``--background``, of
+    ``--background-classes``) and the tissue region their lesions may occupy
+    (:class:`busmonai.clinical.placement.TissueRegion`, from that datalist's training lesions, else
+    from ``--datalist``'s).
+
+    Raises:
+        BusmonaiInputError: no image of those classes, or no lesion mask to learn the region from.
+    """
+    path = Path(str(settings.background))
+    data = load_datalist(path)
+    classes = BACKGROUND_CLASSES[settings.background_classes]
+    items = [i for i in data["training"] if i.get("class") in classes]
+    if not items:
+        raise BusmonaiInputError(
+            f"{path}: no {' or '.join(classes)} training images to use as backgrounds; BUSI's normal images are kept "
+            "by 'busmonai prepare busi', or pass --background-classes tumor")
+    lesions = [i for i in data["training"] if i.get("class") in TUMOR_CLASSES and i.get("mask")]
+    root = path.parent
+    if not lesions and settings.datalist:
+        root, lesions = _training_tumors(settings.datalist)
+    if not lesions:
+        raise BusmonaiInputError(f"{path}: no tumor masks to learn where lesions lie; give --datalist with tumors")
+    region = TissueRegion.fit([_load_real_mask(root, i, settings.image_size) for i in lesions])
+    return path.parent, items, region
 
 
 def class_counts(settings: GenerationSettings) -> dict[str, int]:
@@ -167,6 +217,7 @@ def make_plan(settings: GenerationSettings, scmg_masks: Any = None) -> tuple[lis
     if settings.mask_source == "ellipse" and items:
         masks_fit = [_load_real_mask(root, i, settings.image_size) > 0 for i in items]
         prior = EllipseMaskPrior.fit(masks_fit, [i["class"] for i in items])
+    backgrounds = background_items(settings) if settings.background else None
     labels = [cls for cls in TUMOR_CLASSES for _ in range(counts[cls])]
     order = np.random.default_rng([settings.seed, 7]).permutation(len(labels))  # interleave classes
     labels = [labels[int(k)] for k in order]
@@ -190,6 +241,15 @@ def make_plan(settings: GenerationSettings, scmg_masks: Any = None) -> tuple[lis
                 raise BusmonaiInputError("--mask-source scmg needs a trained SCMG generator (runs/scmg/model.pt)")
             mask = scmg_masks(cls, 1, rng)[0]
             mask_origin = "scmg"
+        extra: dict[str, Any] = {}
+        if backgrounds is not None:  # the lesion goes into a real image, inside its tissue region
+            bg_root, bg_pool, region = backgrounds
+            background = bg_pool[int(rng.integers(len(bg_pool)))]
+            mask = region.place(mask > 0, rng).astype(np.uint8) * 255
+            extra = {"background": str((bg_root / background["image"]).resolve()),
+                     "background_source": background.get("source", background["image"])}
+            if background.get("class") in TUMOR_CLASSES and background.get("mask"):
+                extra["background_mask"] = str((bg_root / background["mask"]).resolve())  # erased, then replaced
         echogenicity, boundary = draw_attributes(cls, rng)
         per_class_index[cls] += 1
         name = f"{cls}_{per_class_index[cls]:05d}.png"
@@ -197,7 +257,7 @@ def make_plan(settings: GenerationSettings, scmg_masks: Any = None) -> tuple[lis
             "image": f"images/{name}", "mask": f"masks/{name}", "label": 0 if cls == "benign" else 1,
             "class": cls, "domain": "synthetic", "echogenicity": echogenicity, "boundary": boundary,
             "bbox": list(mask_bbox(mask)), "prompt": build_prompt(cls, echogenicity, boundary),
-            "source": mask_origin, "synthetic": True, "seed": int(rng.integers(2**31 - 1)),
+            "source": mask_origin, "synthetic": True, "seed": int(rng.integers(2**31 - 1)), **extra,
         })
         masks.append(mask.astype(np.uint8))
     return entries, masks
@@ -215,6 +275,24 @@ def scmg_sampler(checkpoint: str | Path, image_size: int, device: torch.device |
         return [mask.astype(np.uint8) * 255 for mask in masks]
 
     return sample
+
+
+def output_path(out: Path, relative: Any) -> Path:
+    """``out / relative`` for a path the plan names, refused when it would leave ``out``: absolute,
+    with ``..``, or through a symbolic link (an edited or corrupted ``plan.json``, a linked
+    ``images/`` folder).
+
+    Raises:
+        BusmonaiInputError: naming the plan entry and the fix.
+    """
+    rel = Path(str(relative)) if isinstance(relative, str) and relative else None
+    target = out / rel if rel is not None else None
+    if rel is None or rel.is_absolute() or ".." in rel.parts or target.resolve().parent != (
+            out.resolve() / rel).parent:
+        raise BusmonaiInputError(
+            f"{out / PLAN_NAME}: the path {relative!r} leaves the output folder (absolute, '..' or a linked folder); "
+            "the plan was edited or a folder in --out is a link: generate into a new folder")
+    return target
 
 
 def _check_output(out: Path, settings: GenerationSettings) -> bool:
@@ -256,6 +334,29 @@ class GenerationModels:
         return latent_shape(self.autoencoder, image_size)
 
 
+def blend_regions(entries: list[dict[str, Any]], masks: list[np.ndarray], margin: int) -> np.ndarray:
+    """``(B, H, W)`` bool: where a real-background sample is synthesised, the new lesion mask (OR
+    the background's own lesion, which is erased) dilated by ``margin`` px; the real image is kept
+    everywhere else."""
+    regions = []
+    for entry, mask in zip(entries, masks):
+        region = np.asarray(mask) > 0
+        if entry.get("background_mask"):
+            region = region | (np.asarray(Image.open(entry["background_mask"]).convert("L")) > 127)
+        if margin > 0:
+            region = ndimage.binary_dilation(region, iterations=int(margin))
+        regions.append(region)
+    return np.stack(regions)
+
+
+def _backgrounds(entries: list[dict[str, Any]], image_size: int) -> torch.Tensor:
+    """``(B, 1, H, W)`` the real background images in [0, 1]."""
+    from busmonai.data.dataset import LoadPNGd
+
+    load = LoadPNGd(keys="image", image_size=image_size)
+    return torch.stack([load.load(entry["background"]) for entry in entries]).float()
+
+
 @torch.no_grad()
 def _generate_batch(models: GenerationModels, settings: GenerationSettings, entries: list[dict[str, Any]],
                     masks: list[np.ndarray], latent_shape: tuple[int, ...]) -> torch.Tensor:
@@ -274,10 +375,20 @@ def _generate_batch(models: GenerationModels, settings: GenerationSettings, entr
         controlnet = models.controlnet
         control = torch.from_numpy(np.stack(masks).astype(np.float32) / 255.0)[:, None].to(device)
     scheduler = make_ddim(models.noise_scheduler, steps=settings.steps)
+    inpaint, backgrounds, regions = None, None, None
+    if entries and entries[0].get("background"):  # a real image outside the (dilated) lesion region
+        backgrounds = _backgrounds(entries, settings.image_size).to(device)
+        regions = torch.from_numpy(blend_regions(entries, masks, settings.blend_margin)).float()[:, None].to(device)
+        known = models.autoencoder.encode(backgrounds)[0] * models.ldm.scale_factor
+        inpaint = LatentInpainting(known, F.adaptive_max_pool2d(regions, known.shape[-2:]),
+                                   seeded_noise(latent_shape, [e["seed"] + 1 for e in entries], device))
     latents = ddim_sample(models.ldm, scheduler, noise, context, guidance=guidance, controlnet=controlnet,
                           control=control, conditioning_scale=settings.conditioning_scale,
-                          mask_guidance=mask_guidance if control is not None else None)
-    return decode(models.autoencoder, latents, models.ldm.scale_factor)
+                          mask_guidance=mask_guidance if control is not None else None, inpaint=inpaint)
+    images = decode(models.autoencoder, latents, models.ldm.scale_factor)
+    if backgrounds is not None:  # exactly the real pixels outside the region
+        images = regions * images + (1.0 - regions) * backgrounds
+    return images
 
 
 def write_sheet(out: Path, models: GenerationModels, settings: GenerationSettings, masks: list[np.ndarray],
@@ -293,6 +404,19 @@ def write_sheet(out: Path, models: GenerationModels, settings: GenerationSetting
         entries = [{"prompt": build_prompt(cls, echo, boundary), "seed": settings.seed + k} for k in range(len(chosen))]
         images = _generate_batch(models, settings, entries, chosen, models.latent_shape(settings.image_size))
         rows.append([(img[0].cpu().numpy() * 255).round().astype(np.uint8) for img in images])
+    path = out / SHEET_NAME
+    save_png(grid([tile for row in rows for tile in row], ncols=len(chosen), fill=255), path)
+    return path
+
+
+def write_background_sheet(out: Path, entries: list[dict[str, Any]], n_columns: int = 6) -> Path:
+    """A PNG sheet of real-background samples: the real images, the new masks, the synthetic images."""
+    from busmonai.visualize import grid
+
+    chosen = entries[:n_columns]
+    load = lambda path: np.asarray(Image.open(path).convert("L"))  # noqa: E731
+    rows = [[load(e["background"]) for e in chosen], [load(out / e["mask"]) for e in chosen],
+            [load(out / e["image"]) for e in chosen]]
     path = out / SHEET_NAME
     save_png(grid([tile for row in rows for tile in row], ncols=len(chosen), fill=255), path)
     return path
@@ -323,22 +447,24 @@ def generate_dataset(out: str | Path, settings: GenerationSettings, models: Gene
     resuming = _check_output(out, settings)
     if resuming and (out / PLAN_NAME).is_file():
         entries = json.loads((out / PLAN_NAME).read_text())["entries"]
-        masks = [np.asarray(Image.open(out / e["mask"]).convert("L")) for e in entries]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise BusmonaiInputError(f"{out / PLAN_NAME}: 'entries' is not a list of objects; generate into a new folder")
+        masks = [np.asarray(Image.open(output_path(out, e.get("mask"))).convert("L")) for e in entries]
     else:
         entries, masks = make_plan(settings, scmg_masks)
         for entry, mask in zip(entries, masks):
-            save_png(mask, out / entry["mask"])
+            save_png(mask, output_path(out, entry["mask"]))
         write_json_atomic({"producer": PRODUCER, "settings": asdict(settings), "entries": entries}, out / PLAN_NAME)
     latent_shape = models.latent_shape(settings.image_size)
     n_batches = math.ceil(len(entries) / settings.batch_size)
     done = 0
     for b in tqdm(range(n_batches), desc="generate", unit="batch", disable=not progress):
         batch = slice(b * settings.batch_size, (b + 1) * settings.batch_size)
-        if all((out / e["image"]).is_file() for e in entries[batch]):
+        if all(output_path(out, e.get("image")).is_file() for e in entries[batch]):
             continue
         images = _generate_batch(models, settings, entries[batch], masks[batch], latent_shape)
         for entry, image in zip(entries[batch], images):
-            save_png((image[0].cpu().numpy() * 255).round().astype(np.uint8), out / entry["image"])
+            save_png((image[0].cpu().numpy() * 255).round().astype(np.uint8), output_path(out, entry["image"]))
         done += 1
         if stop_after_batches is not None and done >= stop_after_batches:
             return {}
@@ -350,6 +476,8 @@ def generate_dataset(out: str | Path, settings: GenerationSettings, models: Gene
         "training": entries, "validation": [], "test": [],
     }
     write_json_atomic(datalist, out / DATALIST_NAME)
-    if sheet and settings.mode != "text":
+    if sheet and settings.background:
+        write_background_sheet(out, entries)
+    elif sheet and settings.mode != "text":
         write_sheet(out, models, settings, masks)
     return datalist

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,6 +56,36 @@ def _with_zero_residuals(down: list[torch.Tensor], mid: torch.Tensor, zero_rows:
 
 
 @torch.no_grad()
+@dataclass
+class LatentInpainting:
+    """Synthesise only inside a region and keep a real image elsewhere (RePaint without resampling).
+
+    RePaint (Lugmayr et al., "RePaint: Inpainting using Denoising Diffusion Probabilistic
+    Models", CVPR 2022) replaces, after every denoising step, the known part of the sample by the
+    known image noised to the same step, so the generated part is denoised in the context of the
+    real one; its resampling (jumping back in time) is left out. Here it works on latents: the real
+    image's latent is the known part, the (dilated) lesion region at latent size the unknown part.
+
+    Attributes:
+        known: ``(B, C, h, w)`` scaled latents of the real images.
+        region: ``(B, 1, h, w)`` 1 where new content is synthesised, 0 where the real latent stays.
+        noise: ``(B, C, h, w)`` the noise the known latents are noised with (seeded).
+    """
+
+    known: torch.Tensor
+    region: torch.Tensor
+    noise: torch.Tensor
+
+    def blend(self, latents: torch.Tensor, scheduler: DDIMScheduler, timestep: int | None) -> torch.Tensor:
+        """``region * latents + (1 - region) * known_t``, ``known_t`` the known latents noised to
+        ``timestep`` (the clean known latents for None: after the last step)."""
+        known = self.known
+        if timestep is not None:
+            t = torch.full((known.shape[0],), int(timestep), device=known.device, dtype=torch.long)
+            known = scheduler.add_noise(original_samples=known, noise=self.noise, timesteps=t)
+        return self.region * latents + (1.0 - self.region) * known
+
+
 def ddim_sample(
     ldm: nn.Module,
     scheduler: DDIMScheduler,
@@ -66,6 +97,7 @@ def ddim_sample(
     conditioning_scale: float = 1.0,
     mask_guidance: float | None = None,
     progress: bool = False,
+    inpaint: LatentInpainting | None = None,
 ) -> torch.Tensor:
     """Denoise ``noise`` (B, C, h, w) into scaled latents.
 
@@ -90,6 +122,7 @@ def ddim_sample(
         conditioning_scale: multiplier of the ControlNet residuals.
         mask_guidance: mask guidance weight ``w_m`` (None: the same as ``guidance``).
         progress: show a progress bar over the steps.
+        inpaint: keep real latents outside a region (:class:`LatentInpainting`), or None.
 
     Returns:
         Latents in the diffusion model's scale (divide by ``ldm.scale_factor`` to decode).
@@ -112,8 +145,9 @@ def ddim_sample(
         branches = 1
     else:
         branches = 2 if w_m == w_t else 3
-    latents = noise
-    for t in tqdm(scheduler.timesteps, desc="DDIM", disable=not progress, leave=False):
+    steps = [int(t) for t in scheduler.timesteps]
+    latents = noise if inpaint is None else inpaint.blend(noise, scheduler, steps[0])
+    for i, t in enumerate(tqdm(steps, desc="DDIM", disable=not progress, leave=False)):
         x = torch.cat([latents] * branches)
         timesteps = torch.full((x.shape[0],), int(t), device=noise.device, dtype=torch.long)
         if mask_input:  # the mask is an input channel of the UNet itself
@@ -149,6 +183,8 @@ def ddim_sample(
                                          **_with_zero_residuals(down, mid, n)).chunk(3)
             eps_out = e_none + w_m * (e_mask - e_none) + w_t * (e_full - e_mask)
         latents, _ = scheduler.step(eps_out, int(t), latents)
+        if inpaint is not None:
+            latents = inpaint.blend(latents, scheduler, steps[i + 1] if i + 1 < len(steps) else None)
     return latents
 
 

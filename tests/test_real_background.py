@@ -1,0 +1,124 @@
+"""Lesions into real images: the tissue region, latent inpainting, and ``busmonai generate
+--background`` keeping every pixel outside the dilated lesion region equal to the real image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from busmonai.cli import main
+from busmonai.clinical.placement import TissueRegion
+from busmonai.errors import BusmonaiInputError
+
+
+def _disc(size: int, cy: int, cx: int, r: int) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8) * 255
+
+
+def test_the_tissue_region_spans_the_real_lesions_and_placement_keeps_the_shape() -> None:
+    real = [_disc(64, 20, 30, 4), _disc(64, 40, 12, 5), _disc(64, 30, 50, 3)]
+    region = TissueRegion.fit(real)
+    assert (region.y0, region.x0) <= (17, 8) and (region.y1, region.x1) >= (44, 53)
+    new = _disc(64, 5, 5, 3)  # in the skin corner: outside the region
+    assert not region.contains(new)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        placed = region.place(new, rng)
+        assert region.contains(placed) and placed.sum() == new.sum()
+    with pytest.raises(BusmonaiInputError, match="does not fit inside the tissue region"):
+        region.place(_disc(64, 32, 32, 30), rng)
+    with pytest.raises(BusmonaiInputError, match="no lesion mask"):
+        TissueRegion.fit([np.zeros((64, 64), np.uint8)])
+
+
+class _Zero(torch.nn.Module):
+    """A denoiser that predicts no noise (so only the inpainting changes the latents)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale_factor", torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def test_latent_inpainting_keeps_the_known_latents_outside_the_region() -> None:
+    from busmonai.synthesis.sampling import LatentInpainting, ddim_sample, make_ddim
+
+    known, noise = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    region = torch.zeros(2, 1, 4, 4)
+    region[:, :, 1:3, 1:3] = 1
+    out = ddim_sample(_Zero(), make_ddim(steps=3), torch.randn(2, 3, 4, 4), None, guidance=1.0,
+                      inpaint=LatentInpainting(known, region, noise))
+    assert torch.equal(out[:, :, 0], known[:, :, 0]) and not torch.allclose(out[:, :, 1:3, 1:3], known[:, :, 1:3, 1:3])
+
+
+def _checkpoints(autoencoder: Path, ldm: Path) -> list[str]:
+    from bundle_runner import TINY_AUTOENCODER, TINY_UNET
+
+    args = ["--autoencoder-ckpt", str(autoencoder / "model.pt"), "--ldm-ckpt", str(ldm / "model.pt"),
+            "--image-size", "32", "--steps", "2", "--mode", "text"]
+    for key, value in {**TINY_AUTOENCODER, **TINY_UNET}.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    return args
+
+
+def test_generate_into_normal_images_keeps_the_real_pixels(trained_autoencoder: Path, trained_ldm: Path,
+                                                           datalist32: Path, tmp_path: Path) -> None:
+    from busmonai.synthesis.generate import blend_regions
+
+    out = tmp_path / "bg"
+    assert main(["generate", "--out", str(out), "--n", "4", "--datalist", str(datalist32), "--background",
+                 str(datalist32), "--blend-margin", "2", *_checkpoints(trained_autoencoder, trained_ldm)]) == 0
+    data = json.loads((out / "datalist.json").read_text())
+    entries = data["training"]
+    assert len(entries) == 4 and data["settings"]["background"] == str(datalist32.resolve())
+    real = json.loads(datalist32.read_text())["training"]
+    normals = {str((datalist32.parent / i["image"]).resolve()) for i in real if i["class"] == "normal"}
+    masks = [np.asarray(Image.open(out / e["mask"])) for e in entries]
+    region = TissueRegion.fit([np.asarray(Image.open(datalist32.parent / i["mask"])) for i in real
+                               if i["class"] in ("benign", "malignant")])
+    for entry, mask, keep_out in zip(entries, masks, ~blend_regions(entries, masks, 2)):
+        assert entry["background"] in normals and region.contains(mask)
+        synthetic = np.asarray(Image.open(out / entry["image"]))
+        background = np.asarray(Image.open(entry["background"]))
+        assert np.array_equal(synthetic[keep_out], background[keep_out])  # outside: the real image, exactly
+        assert not np.array_equal(synthetic, background)  # inside: new content
+    assert (out / "sheet.png").is_file()
+
+
+def test_background_bad_inputs(trained_autoencoder: Path, trained_ldm: Path, datalist32: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    data = json.loads(datalist32.read_text())
+    data["training"] = [i for i in data["training"] if i["class"] != "normal"]
+    no_normals = datalist32.parent / "no_normals.json"
+    no_normals.write_text(json.dumps(data))
+    args = _checkpoints(trained_autoencoder, trained_ldm)
+    assert main(["generate", "--out", str(tmp_path / "a"), "--n", "2", "--background", str(no_normals), *args]) == 2
+    assert "no normal training images to use as backgrounds" in capsys.readouterr().err
+    assert main(["generate", "--out", str(tmp_path / "b"), "--n", "2", "--background", str(no_normals),
+                 "--background-classes", "tumor", *args]) == 0  # tumor images whose lesion is replaced
+    entry = json.loads((tmp_path / "b" / "datalist.json").read_text())["training"][0]
+    assert entry["background_mask"].endswith(".png")
+
+
+def test_a_plan_cannot_send_files_outside_the_output(tmp_path: Path) -> None:
+    from busmonai.synthesis.generate import output_path
+
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    assert output_path(out, "images/a.png") == out / "images" / "a.png"
+    for bad in ("/etc/passwd", "../escape.png", "images/../../x.png", None, 3):
+        with pytest.raises(BusmonaiInputError, match="leaves the output folder"):
+            output_path(out, bad)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "masks").symlink_to(elsewhere)
+    with pytest.raises(BusmonaiInputError, match="linked folder"):
+        output_path(out, "masks/a.png")
