@@ -385,7 +385,7 @@ def test_sweep_runs_resumes_and_prints_tables(data: dict[str, Path], tmp_path: P
     results = (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()
     assert len(results) == 3
     assert "AUC on 'test'" in first and "ordinary aug." in first and "R=1" in first and "*" in first
-    assert "best synthetic R=1 vs ordinary aug." in first
+    assert "test_efficientnet: R=1 vs ordinary aug.: " in first and "1 seeds: does not beat" in first  # one seed
     assert (tmp_path / "sweep" / "plot_test_auc.png").is_file()
     rows = [json.loads(line) for line in results]
     assert {r["ratio"] for r in rows} == {"ordinary", "1", "adaptive"}
