@@ -104,3 +104,22 @@ def test_handler_rewards_the_cubed_metric_and_records_history(tmp_path: Path) ->
     assert [h["metric"] for h in record["history"]] == [0.5, 0.8]
     with pytest.raises(BusmonaiInputError, match="no metric 'val_auc'"):
         handler(SimpleNamespace(state=SimpleNamespace(metrics={"val_f1": 0.3})))
+
+
+def test_a_smoothed_reward_and_the_plot_of_the_agents_choices(tmp_path: Path) -> None:
+    items = _items({"benign": 4, "malignant": 4}, {"benign": 4, "malignant": 4})
+    sampler = ClassAdaptiveBatchSampler(items, 4, CLASSES, initial=2, max_per_class=8)
+    agents = ReinforceClassAgents(CLASSES, seed=3)
+    handler = AdaptiveSamplerUpdate(sampler, agents, "val_auc", power=3, path=tmp_path / "adaptive.json",
+                                    smoothing=0.75)
+    for auc in (0.5, 0.9):
+        handler(SimpleNamespace(state=SimpleNamespace(metrics={"val_auc": auc})))
+    smoothed = 0.75 * 0.5 + 0.25 * 0.9  # one noisy validation moves the reward a quarter of the way
+    assert handler.history[1]["smoothed"] == pytest.approx(smoothed)
+    assert handler.history[1]["advantage"] == pytest.approx(smoothed ** 3 - 0.5 ** 3)
+    assert (tmp_path / "adaptive.png").is_file()
+    restored = AdaptiveSamplerUpdate(sampler, agents, "val_auc", smoothing=0.75)
+    restored.load_state_dict(handler.state_dict())
+    assert restored.smoothed == pytest.approx(smoothed)
+    with pytest.raises(BusmonaiInputError, match="adaptive_reward_smoothing 1.0"):
+        AdaptiveSamplerUpdate(sampler, agents, smoothing=1.0)

@@ -432,17 +432,25 @@ class AdaptiveSamplerUpdate:
         metric_name: the validator's metric to reward (e.g. ``val_auc``).
         power: the reward's exponent (LT-GenAug cubes the metric).
         summary_writer: optional TensorBoard writer.
-        path: optional JSON file rewritten after every step with :attr:`history`.
+        path: optional JSON file rewritten after every step with :attr:`history`; beside it a PNG
+            (same name, ``.png``) plots the agents' choices (synthetic images per batch per class).
+        smoothing: the reward is computed from an exponential moving average of the metric,
+            ``m <- smoothing * m + (1 - smoothing) * metric`` (0: the raw metric, as LT-GenAug),
+            so that one noisy validation does not steer the agents.
     """
 
     def __init__(self, sampler: Any, agents: Any, metric_name: str = "val_auc", power: float = 3.0,
-                 summary_writer: Any = None, path: str | Path | None = None) -> None:
+                 summary_writer: Any = None, path: str | Path | None = None, smoothing: float = 0.0) -> None:
+        if not 0.0 <= smoothing < 1.0:
+            raise BusmonaiInputError(f"adaptive_reward_smoothing {smoothing}: use a value in [0, 1)")
         self.sampler = sampler
         self.agents = agents
         self.metric_name = metric_name
         self.power = float(power)
         self.summary_writer = summary_writer
         self.path = Path(path) if path else None
+        self.smoothing = float(smoothing)
+        self.smoothed: float | None = None
         self.history: list[dict[str, Any]] = []
 
     def attach(self, validator: Engine) -> None:
@@ -455,25 +463,41 @@ class AdaptiveSamplerUpdate:
                 f"adaptive sampler: the validator has no metric {self.metric_name!r} "
                 f"(it has {', '.join(sorted(validator.state.metrics)) or 'none'}); set adaptive_metric")
         metric = float(validator.state.metrics[self.metric_name])
-        reward = metric ** self.power if math.isfinite(metric) else float("nan")
+        if math.isfinite(metric):
+            self.smoothed = metric if self.smoothed is None else self.smoothing * self.smoothed + (
+                1.0 - self.smoothing) * metric
+        reward = self.smoothed ** self.power if math.isfinite(metric) else float("nan")
         advantage = self.agents.update(reward)
         counts = self.agents.act(self.sampler)
         step = len(self.history) + 1
-        self.history.append({"step": step, "metric": metric, "advantage": advantage, "counts": counts})
+        self.history.append({"step": step, "metric": metric, "smoothed": self.smoothed, "advantage": advantage,
+                             "counts": counts})
         if self.summary_writer is not None:
             for cls, count in counts.items():
                 self.summary_writer.add_scalar(f"synthetic_per_batch/{cls}", count, step)
         if self.path is not None:
-            write_json_atomic({"metric": self.metric_name, "power": self.power, "history": self.history}, self.path)
+            write_json_atomic({"metric": self.metric_name, "power": self.power, "smoothing": self.smoothing,
+                               "history": self.history}, self.path)
+            self.plot(self.path.with_suffix(".png"))
         logger.info("adaptive sampler: %s %.4f -> synthetic per batch %s", self.metric_name, metric, counts)
 
+    def plot(self, path: Path) -> Path:
+        """The agents' choices: synthetic images per batch of each class, after each validation."""
+        from busmonai.visualize import line_chart
+
+        steps = [h["step"] for h in self.history]
+        series = {cls: (steps, [h["counts"][cls] for h in self.history]) for cls in self.history[-1]["counts"]}
+        return line_chart(series, path, "synthetic images per batch chosen by the agents", xlabel="validation")
+
     def state_dict(self) -> dict[str, Any]:
-        return {"agents": self.agents.state_dict(), "sampler": self.sampler.state_dict(), "history": self.history}
+        return {"agents": self.agents.state_dict(), "sampler": self.sampler.state_dict(), "history": self.history,
+                "smoothed": self.smoothed}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.agents.load_state_dict(state.get("agents", {}))
         self.sampler.load_state_dict(state.get("sampler", {}))
         self.history = list(state.get("history", []))
+        self.smoothed = state.get("smoothed")
 
 
 class AdapterState:
