@@ -352,6 +352,8 @@ def test_the_sweep_refuses_a_segmenter_without_an_override_file() -> None:
         train_configs("segmentation", "segformer")
     names = [p.name for p in train_configs("classification", "resnet50", "ordinary", adaptive=True)]
     assert names == ["train.json", "ordinary_augmentation.json", "adaptive_sampler.json"]
+    names = [p.name for p in train_configs("segmentation", "resunet", added=True)]
+    assert names == ["train.json", "resunet.json", "added_synthetic.json"]
 
 
 def test_bundles_reject_bad_inputs(data: dict[str, Path], tmp_path: Path) -> None:
@@ -438,3 +440,21 @@ def test_validation_runs_every_val_interval_iterations(datalist32: Path, tmp_pat
     validations = len(events.Scalars("val_dice"))
     assert validations == iterations // 3 + (1 if iterations % 3 else 0), (iterations, validations)
     assert [p.name for p in out.glob("resume_*.pt")] == ["resume_checkpoint_final=0.pt"]
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_added_synthetic_keeps_the_steps_and_the_real_passes(task: str, data: dict[str, Path], tmp_path: Path) -> None:
+    """With added_synthetic.json every batch holds the batch of real items plus R times as many
+    synthetic ones: an epoch is one pass over the real images in every arm."""
+    bundle, tiny = (CLS, TINY_CLS) if task == "classification" else (SEG, TINY_SEG)
+    common = {"datalist": str(data["real"]), "max_epochs": 2, **tiny, "batch_size": 4}
+    base = run_bundle([f"{bundle}/train.json"], output_dir=str(tmp_path / "real"), **common)
+    added = run_bundle([f"{bundle}/train.json", f"{bundle}/added_synthetic.json"], output_dir=str(tmp_path / "r1"),
+                       synthetic_datalist=str(data["synthetic"]), ratio=1, **common)
+    steps = [w.parser.get_parsed_content("train#trainer").state.iteration for w in (base, added)]
+    assert steps[0] == steps[1] > 0
+    sampler = added.parser.get_parsed_content("added#sampler")
+    items = added.parser.get_parsed_content("train#dataset#data")
+    batch = next(iter(sampler))
+    real = [k for k in batch if not items[k].get("synthetic")]
+    assert len(real) == 4 and len(batch) - len(real) == sum(sampler.counts.values()) == 4

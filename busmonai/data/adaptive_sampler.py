@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from busmonai.data.mixing import parse_ratio
 from busmonai.errors import BusmonaiInputError
 
 ACTIONS: tuple[int, ...] = (-2, 0, 2)
@@ -40,19 +41,24 @@ class ClassAdaptiveBatchSampler(Sampler[list[int]]):
         items: the training items (real and synthetic), each with ``class`` and ``synthetic``.
         batch_size: real items per batch (the last batch of an epoch may hold fewer).
         classes: classes that may receive synthetic items.
-        initial: synthetic items per class per batch before the agents act.
+        initial: synthetic items per class per batch before the agents act: one count for every
+            class, or ``{class: count}`` (:func:`ratio_counts` for a fixed ratio).
         max_per_class: upper bound of every class's count.
         seed: seed of the real shuffles and the synthetic draws.
+        drop_last: drop an epoch's last, incomplete batch of real items when there are more real
+            items than one batch (as the bundles' plain data loader does).
 
     Raises:
         BusmonaiInputError: no real items, no synthetic item of any of ``classes``, or bad sizes.
     """
 
     def __init__(self, items: Sequence[Mapping[str, Any]], batch_size: int, classes: Sequence[str],
-                 initial: int = 0, max_per_class: int = 16, seed: int = 0) -> None:
+                 initial: int | Mapping[str, int] = 0, max_per_class: int = 16, seed: int = 0,
+                 drop_last: bool = False) -> None:
         if batch_size < 1:
             raise BusmonaiInputError(f"adaptive sampler: batch_size {batch_size} must be at least 1")
-        if not 0 <= initial <= max_per_class:
+        start = {cls: int(initial[cls] if isinstance(initial, Mapping) else initial) for cls in classes}
+        if not all(0 <= v <= max_per_class for v in start.values()):
             raise BusmonaiInputError(
                 f"adaptive sampler: initial count {initial} must lie in [0, max_per_class={max_per_class}]")
         self.real = [i for i, item in enumerate(items) if not item.get("synthetic")]
@@ -65,8 +71,9 @@ class ClassAdaptiveBatchSampler(Sampler[list[int]]):
                 f"adaptive sampler: no synthetic {'/'.join(classes)} items; pass --synthetic_datalist PATH "
                 "(a datalist written by 'busmonai generate')")
         self.batch_size = int(batch_size)
+        self.drop_last = bool(drop_last) and len(self.real) > self.batch_size
         self.max_per_class = int(max_per_class)
-        self.counts = {cls: int(initial) if pool else 0 for cls, pool in self.pools.items()}
+        self.counts = {cls: start[cls] if pool else 0 for cls, pool in self.pools.items()}
         self.rng = np.random.default_rng(seed)
         self._cursor = {cls: 0 for cls in classes}
         self._order = {cls: self.rng.permutation(len(pool)).tolist() for cls, pool in self.pools.items()}
@@ -91,13 +98,15 @@ class ClassAdaptiveBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         real = [self.real[k] for k in self.rng.permutation(len(self.real))]
-        for start in range(0, len(real), self.batch_size):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             batch = real[start:start + self.batch_size]
             for cls, count in self.counts.items():
                 batch.extend(self._draw(cls, count))
             yield batch
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.real) // self.batch_size
         return math.ceil(len(self.real) / self.batch_size)
 
     def state_dict(self) -> dict[str, Any]:
@@ -107,6 +116,23 @@ class ClassAdaptiveBatchSampler(Sampler[list[int]]):
         for cls, value in state.get("counts", {}).items():
             if cls in self.counts:
                 self.set_count(cls, value)
+
+
+def ratio_counts(items: Sequence[Mapping[str, Any]], batch_size: int, ratio: float | str,
+                 classes: Sequence[str]) -> dict[str, int]:
+    """Synthetic items per class per batch that add ``ratio`` times the batch's real items, split
+    like the real items' classes: ``round(ratio * batch_size * n_real(c) / n_real)``.
+
+    With these counts every arm of a sweep takes the same optimizer steps and the same passes
+    over the real images (an epoch is one pass over them); the synthetic images are added to
+    each batch, not substituted for real ones.
+    """
+    value = parse_ratio(ratio)
+    real = [i for i in items if not i.get("synthetic")]
+    if not real:
+        raise BusmonaiInputError("the training set has no real items")
+    share = {c: sum(i.get("class") == c for i in real) / len(real) for c in classes}
+    return {c: int(round(value * batch_size * share[c])) for c in classes}
 
 
 class ReinforceClassAgents:

@@ -106,10 +106,13 @@ def load_results(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def train_configs(task: str, network: str, augment: str = "none", adaptive: bool = False) -> list[Path]:
+def train_configs(task: str, network: str, augment: str = "none", adaptive: bool = False,
+                  added: bool = False) -> list[Path]:
     """The bundle's config files of one arm, merged in order: ``train.json``; for segmentation the
     network's override file (``attention_unet.json``, ``resunet.json``, ``unetplusplus.json``; the
-    UNet is ``train.json``'s own); ``ordinary_augmentation.json``; ``adaptive_sampler.json``.
+    UNet is ``train.json``'s own); ``ordinary_augmentation.json``; ``adaptive_sampler.json``, or
+    ``added_synthetic.json`` (synthetic images added to each batch of real ones, so that every arm
+    takes the same steps and passes over the real images).
 
     Raises:
         BusmonaiInputError: a segmenter without an override file.
@@ -129,6 +132,8 @@ def train_configs(task: str, network: str, augment: str = "none", adaptive: bool
         configs.append(bundle_config(task, "ordinary_augmentation.json"))
     if adaptive:
         configs.append(bundle_config(task, "adaptive_sampler.json"))
+    elif added:
+        configs.append(bundle_config(task, "added_synthetic.json"))
     return configs
 
 
@@ -149,7 +154,8 @@ def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, a
     elif args.minutes > 0:
         train["max_epochs"] = 100000
     start = time.perf_counter()
-    run_config(train_configs(args.task, network, augment, token == ADAPTIVE), **train)
+    added = args.protocol == "added" and ratio > 0
+    run_config(train_configs(args.task, network, augment, token == ADAPTIVE, added), **train)
     trained = json.loads((cell_dir / "metrics.json").read_text())
     evaluate = {**{k: v for k, v in common.items() if k in args.eval_keys or k in ("image_size", "network_name",
                                                                                        "seed", "output_dir")},
@@ -328,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 5: the paired intervals need them)")
     parser.add_argument("--minutes", type=float, default=5.0, help="training minutes per model (0: max_epochs)")
     parser.add_argument("--max-epochs", type=int, default=0, help="epochs per model (0: as many as --minutes allow)")
+    parser.add_argument("--protocol", choices=("mixed", "added"), default="mixed",
+                        help="mixed: synthetic items join the training list (an epoch grows with the ratio); added: "
+                             "each batch of real items gets R times as many synthetic ones, so with --max-epochs N "
+                             "and --minutes 0 every arm takes the same steps and real passes")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--external", action="append", default=[], help="external datalist (segmentation)")
     parser.add_argument("--out", default="runs/sweep", help="output folder (results.jsonl, cells, plots)")
