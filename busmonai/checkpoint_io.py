@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from busmonai.errors import BusmonaiInputError
+from busmonai.files import PARTIAL_SUFFIX, partial_prefix, remove_stale_partials
 
 
 def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
@@ -38,19 +39,21 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
 def write_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     """``torch.save`` ``state`` to ``path`` so that ``path`` always holds a complete checkpoint.
 
-    The bytes go to a new hidden sibling ``.NAME.<random>.partial``, are flushed and ``fsync``'d,
-    and the sibling is then renamed over ``path`` (``os.replace``): a crash, a kill or a full disk
-    during the write leaves the previous ``path`` (or none) and at most a stray ``.partial`` file,
-    never a truncated checkpoint under the final name. The temporary file is removed when the write
-    raises. The file is created with mode ``0o666`` less the umask (0644 under umask 022), as
-    ``open()`` would, not the 0600 of ``tempfile.mkstemp``.
+    The bytes go to a new hidden sibling ``.NAME.<pid>.<random>.partial``, are flushed and
+    ``fsync``'d, and the sibling is then renamed over ``path`` (``os.replace``): a crash, a kill or
+    a full disk during the write leaves the previous ``path`` (or none) and at most a stray
+    ``.partial`` file, never a truncated checkpoint under the final name. The temporary file is
+    removed when the write raises; one left by a killed earlier process is removed by the next
+    write (:func:`busmonai.files.remove_stale_partials`). The file is created with mode ``0o666``
+    less the umask (0644 under umask 022), as ``open()`` would, not the 0600 of ``tempfile.mkstemp``.
 
     Returns:
         ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+    remove_stale_partials(path)
+    partial = path.with_name(f"{partial_prefix(path)}{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
     # O_EXCL: never write through an existing file or link; 0o666: the kernel applies the umask
     handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:

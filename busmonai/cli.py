@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from busmonai.data.prepare import prepare_dataset
 
     datalist = prepare_dataset(
-        args.dataset, args.root, args.out, size=args.size, seed=args.seed, split=args.split
+        args.dataset, args.root, args.out, size=args.size, seed=args.seed, split=args.split,
+        overwrite=args.overwrite,
     )
     counts = {s: sum(c.values()) for s, c in datalist["counts"].items()}
     per_class = {
@@ -118,7 +122,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
         "mask_guidance": args.mask_guidance, "conditioning_scale": args.conditioning_scale, "steps": args.steps,
         "seed": args.seed, "batch_size": args.batch_size, "image_size": args.image_size,
         "background": absolute(args.background), "background_classes": args.background_classes,
-        "blend_margin": args.blend_margin,
+        "blend_margin": args.blend_margin, "filter_segmenter_ckpt": absolute(args.filter),
+        "filter_classifier_ckpt": absolute(args.filter_classifier), "filter_min_dice": args.filter_min_dice,
+        "filter_min_class_prob": args.filter_min_class_prob, "filter_pool": args.filter_pool,
     }
     for key in ("datalist", "autoencoder_ckpt", "ldm_ckpt", "controlnet_ckpt", "scmg_ckpt", "lora_adapter"):
         value = getattr(args, key)
@@ -229,6 +235,30 @@ class StepsFailed(Exception):
     """Some steps of a command failed; the report says which (exit code 1)."""
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived during a command. Raised from the signal handler so that, as for Ctrl-C,
+    every ``except BaseException`` cleanup runs (temporary folders and ``.partial`` files are
+    removed) before the process exits with 143 (128 + SIGTERM)."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` for the duration of the block (main thread only:
+    Python delivers signals there), then restore the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     from busmonai import __version__
@@ -245,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=SIZE, default=256, help="side of the square output images (default 256)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--split", default="0.8,0.0,0.2", help="train,validation,test fractions (default 0.8,0.0,0.2)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out that prepare did not make: its images/, masks/ and "
+                        "datalist.json are replaced, its other files kept")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("phantom", help="simulate a small BUSI-layout dataset of B-mode images")
@@ -293,6 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="normal images (default), or tumor images whose lesion is erased and replaced")
     p.add_argument("--blend-margin", type=bounded(int, 0, 64), default=3,
                    help="px the synthesised region extends around the mask (default 3)")
+    p.add_argument("--filter", type=Path, default=None, metavar="SEGMENTER_MODEL_PT",
+                   help="keep only images whose lesion a segmenter trained on real images finds at the mask")
+    p.add_argument("--filter-classifier", type=Path, default=None, metavar="CLASSIFIER_MODEL_PT",
+                   help="also drop images whose class a classifier trained on real images contradicts")
+    p.add_argument("--filter-min-dice", type=bounded(float, 0, 1), default=0.5,
+                   help="lowest Dice of the segmented lesion with the mask that is kept (default 0.5)")
+    p.add_argument("--filter-min-class-prob", type=bounded(float, 0, 1), default=0.2,
+                   help="lowest classifier probability of the intended class that is kept (default 0.2)")
+    p.add_argument("--filter-pool", type=bounded(float, 1, 100), default=4.0,
+                   help="candidates planned per requested image (default 4)")
     p.add_argument("--datalist", type=Path, default=None, help="real datalist for real masks and attribute frequencies")
     p.add_argument("--autoencoder-ckpt", dest="autoencoder_ckpt", type=Path, default=None)
     p.add_argument("--ldm-ckpt", dest="ldm_ckpt", type=Path, default=None)
@@ -363,13 +406,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
-        func(args)
+        with _sigterm_raises():
+            func(args)
     except BusmonaiInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished files are kept and unfinished ones were not written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated; finished files are kept and unfinished ones were not written", file=sys.stderr)
+        return 143
     except StepsFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

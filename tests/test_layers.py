@@ -23,8 +23,10 @@ RANK = {
     "cli": 7,
 }
 """Each room's place; equal ranks may not import each other unless they are the same room (except
-data / clinical / visualize, the shared bottom, and bundles / pipeline)."""
-SIBLINGS = ({"clinical", "data", "visualize"}, {"bundles", "pipeline"}, {"experiments", "demo"})
+data / clinical / visualize, the shared bottom, bundles / pipeline, and the bottom I/O modules files /
+checkpoint_io, which share the naming and cleanup of temporary files)."""
+SIBLINGS = ({"clinical", "data", "visualize"}, {"bundles", "pipeline"}, {"experiments", "demo"},
+            {"files", "checkpoint_io"})
 FORBIDDEN = {("networks", "data"), ("networks", "visualize"), ("synthesis", "engines")}
 """Below the rank but still out: networks are built from their arguments, not from datalists;
 synthesis samples trained networks and needs nothing of their training."""

@@ -18,7 +18,8 @@ from monai.transforms import MapTransform
 from PIL import Image
 
 from busmonai.clinical.classes import IMAGE_CLASSES, TUMOR_CLASSES
-from busmonai.data.prepare import load_datalist
+from busmonai.data.imageio import open_image
+from busmonai.data.prepare import PATH_KEYS, checked_item, item_place, load_datalist
 from busmonai.errors import BusmonaiInputError
 
 ALL_CLASSES: tuple[str, ...] = IMAGE_CLASSES
@@ -33,6 +34,7 @@ def datalist_split(
     holdout: float = 0.0,
     seed: int = 0,
     keys: Sequence[str] = ("image",),
+    allow_external: bool = False,
 ) -> list[dict[str, Any]]:
     """Items of one split with absolute ``image`` / ``mask`` paths.
 
@@ -49,9 +51,14 @@ def datalist_split(
         seed: seed of that holdout.
         keys: item keys to keep (others are dropped so batches collate; e.g. ``label`` is null
             for normal images). A kept key missing or null in an item is an error.
+        allow_external: accept ``image`` / ``mask`` paths outside the datalist's folder
+            (absolute, or climbing out with ``..``); refused by default.
 
     Raises:
-        BusmonaiInputError: missing datalist, unknown split, size mismatch, or no item left.
+        BusmonaiInputError: missing datalist, unknown split, size mismatch, no item left, or a
+            bad item (not an object, a kept key missing or null, a path that is not a string or
+            leads outside the datalist's folder); item errors name the datalist, the split, the
+            item's index in it and the key.
     """
     path = Path(datalist)
     data = load_datalist(path)
@@ -62,32 +69,36 @@ def datalist_split(
             f"{path}: images are {data['size'][0]}x{data['size'][1]} px but the bundle's 'image_size' is "
             f"{image_size}; re-run 'busmonai prepare ... --size {image_size}' or pass --image_size {data['size'][0]}"
         )
-    items = list(data.get(split) or [])
+    source = split
+    pairs = _split_objects(path, data, split)
     if holdout > 0 and split in ("training", "validation") and not data.get("validation"):
-        pool = [i for i in data["training"] if i.get("class") in classes]
+        source = "training"
+        pool = [(k, item) for k, item in _split_objects(path, data, source) if item.get("class") in classes]
         order = np.random.default_rng(seed).permutation(len(pool))
         n_val = max(1, int(round(holdout * len(pool)))) if len(pool) > 1 else 0
         chosen = set(order[:n_val].tolist())
-        items = [item for k, item in enumerate(pool) if (k in chosen) == (split == "validation")]
-    items = [dict(item) for item in items if item.get("class") in classes]
-    if not items:
+        pairs = [pair for k, pair in enumerate(pool) if (k in chosen) == (split == "validation")]
+    pairs = [(k, item) for k, item in pairs if item.get("class") in classes]
+    if not pairs:
         raise BusmonaiInputError(
             f"{path}: no {'/'.join(classes)} items in the '{split}' split; check the datalist or the split fractions"
         )
+    path_keys = [key for key in keys if key in PATH_KEYS]
     kept: list[dict[str, Any]] = []
-    for item in items:
-        missing = [key for key in keys if item.get(key) is None]
-        if missing:
-            raise BusmonaiInputError(
-                f"{path}: item {item.get('image')} of the '{split}' split has no {', '.join(missing)}; "
-                "re-run 'busmonai prepare' or select other classes"
-            )
-        entry = {key: item[key] for key in keys}
-        for key in ("image", "mask"):
-            if key in entry:
-                entry[key] = str((path.parent / entry[key]).resolve())
-        kept.append(entry)
+    for index, item in pairs:
+        entry = checked_item(path, item_place(index, source), item, required=keys, paths=path_keys,
+                             allow_external=allow_external, fix="re-run 'busmonai prepare' or select other classes")
+        kept.append({key: entry[key] for key in keys})
     return kept
+
+
+def _split_objects(path: Path, data: Mapping[str, Any], split: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(index, item)`` of a split's list, every item checked to be a JSON object."""
+    raw = data.get(split) or []
+    if not isinstance(raw, list):
+        raise BusmonaiInputError(f"{path}: the '{split}' split is a JSON {type(raw).__name__}, not a list of items; "
+                                 "fix the datalist or re-run 'busmonai prepare'")
+    return [(index, checked_item(path, item_place(index, split), item)) for index, item in enumerate(raw)]
 
 
 class LoadPNGd(MapTransform):
@@ -117,11 +128,7 @@ class LoadPNGd(MapTransform):
 
     def load(self, path: str | Path, binary: bool = False) -> torch.Tensor:
         """Load one file (see class docstring)."""
-        try:
-            image = Image.open(path)
-            image.load()
-        except (OSError, ValueError) as err:
-            raise BusmonaiInputError(f"{path}: not a readable image ({err}); re-run 'busmonai prepare'") from err
+        image = open_image(path, fix="re-run 'busmonai prepare'")  # refuses decompression bombs too
         if self.conform:
             image = image.convert("L") if image.mode not in ("L", "1") else image
             if self.image_size is not None and image.size != (self.image_size, self.image_size):

@@ -2,7 +2,9 @@
 
 All pixel I/O of the data pipeline goes through here so that every reader gets the same
 conversions: images become single-channel float arrays in [0, 255]; masks become boolean arrays
-(merged across lesion files by logical OR, binarised at half the file's maximum).
+(merged across lesion files by logical OR, binarised at half the file's maximum). Every file is
+opened by :func:`open_image`, which refuses a decompression bomb (a header claiming more pixels
+than PIL's limit) as an input error naming the file, before decoding a pixel.
 """
 
 from __future__ import annotations
@@ -18,20 +20,46 @@ from busmonai.errors import BusmonaiInputError
 from busmonai.files import user_mode
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: str | Path, fix: str = "replace or remove the file") -> Image.Image:
+    """Open and decode an image file, refusing files too large to decode safely.
+
+    A PNG's header can claim any size (100000 x 100000 px in a few hundred bytes: a
+    "decompression bomb"); decoding it would take tens of GB. An image over PIL's
+    ``Image.MAX_IMAGE_PIXELS`` (about 89 M pixels unless changed) is refused before any pixel
+    is decoded; ultrasound images have well under 1 M.
+
+    Args:
+        path: the image file.
+        fix: what the message tells the user to do about an unreadable file.
+
+    Raises:
+        BusmonaiInputError: missing, unreadable, or too large a file (the message names it).
+    """
+    path = Path(path)
     if not path.is_file():
         raise BusmonaiInputError(f"{path}: file not found; restore it or remove its entry from the dataset")
+    limit = Image.MAX_IMAGE_PIXELS
     try:
         image = Image.open(path)
+        width, height = image.size
+        if limit is not None and width * height > limit:
+            image.close()
+            raise Image.DecompressionBombError(f"{width}x{height} px is over the limit of {limit} pixels")
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise BusmonaiInputError(f"{path}: not a readable image ({err}); replace or remove the file") from err
+    except Image.DecompressionBombError as err:
+        raise BusmonaiInputError(
+            f"{path}: too large to decode safely ({err}; a decompression bomb, or not an ultrasound image); "
+            "replace or remove the file"
+        ) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise BusmonaiInputError(f"{path}: not a readable image ({err}); {fix}") from err
     return image
+
 
 
 def load_gray(path: Path) -> np.ndarray:
     """Load an image as a single-channel float32 array in [0, 255] (colour is averaged to grey)."""
-    image = _open(path)
+    image = open_image(path)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float32)
         peak = float(array.max()) or 1.0
@@ -50,7 +78,7 @@ def load_mask(path: Path, mode: str = "gray") -> np.ndarray:
     Returns:
         The mask scaled by its own maximum (an all-zero file stays zero).
     """
-    image = _open(path)
+    image = open_image(path)
     if mode == "color":
         array = np.asarray(image.convert("RGB"), dtype=np.float32).max(axis=2)
     else:

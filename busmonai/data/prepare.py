@@ -4,12 +4,19 @@ Implements the data contract of docs/design.md: single-channel images resized to
 lesion masks merged (logical OR) and binarised, ``label`` / ``class`` / ``domain`` / ``bbox`` /
 ``source``, derived BI-RADS attributes and prompts (``busmonai.clinical``), and seeded
 class-stratified splits. The same inputs and seed give byte-identical outputs. The output folder
-is written atomically: on any error nothing is left behind.
+is written atomically: on any error nothing is left behind. Over an earlier output (or a foreign
+folder with ``overwrite``) only what prepare owns, ``images/``, ``masks/`` and ``datalist.json``,
+is replaced, once the new set is complete; the folder's other files are kept.
+
+Datalist items are checked where they are read (:func:`checked_item`): objects, the keys a caller
+needs, and file paths that stay inside the datalist's folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,10 +34,14 @@ from busmonai.data.readers import DOMAINS, READERS
 from busmonai.data.records import LABELS, RawCase
 from busmonai.data.splits import parse_fractions, stratified_split
 from busmonai.errors import BusmonaiInputError
-from busmonai.files import atomic_directory
+from busmonai.files import atomic_directory, refuse_symlink, remove_stale_partials
 
 DATALIST_NAME = "datalist.json"
 PRODUCER = "busmonai prepare"
+OWNED: tuple[str, ...] = ("images", "masks", DATALIST_NAME)
+"""The entries of an output folder that prepare writes and replaces; any other file there is kept."""
+PATH_KEYS: tuple[str, ...] = ("image", "mask")
+"""Item keys that hold file paths relative to the datalist's folder."""
 
 
 @dataclass
@@ -82,7 +93,9 @@ def _resize_case_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized
 
 
-def _check_paths(root: Path, out: Path) -> None:
+def _check_paths(root: Path, out: Path, overwrite: bool = False) -> None:
+    refuse_symlink(out)
+    remove_stale_partials(out)  # a kill between the renames of a replacement: the old output comes back
     root_r, out_r = root.resolve(), out.resolve()
     if out_r == root_r or root_r in out_r.parents:
         raise BusmonaiInputError(
@@ -91,9 +104,12 @@ def _check_paths(root: Path, out: Path) -> None:
     if out.exists():
         if not out.is_dir():
             raise BusmonaiInputError(f"--out {out} is a file; choose a folder")
-        if any(out.iterdir()) and not is_prepared_folder(out):
+        entries = sorted(p.name for p in out.iterdir())
+        if entries and not overwrite and not is_prepared_folder(out):
+            shown = ", ".join(entries[:3]) + (" ..." if len(entries) > 3 else "")
             raise BusmonaiInputError(
-                f"--out {out} holds files that 'busmonai prepare' did not write; choose an empty or new folder"
+                f"--out {out} holds files that 'busmonai prepare' did not write ({shown}); choose an empty or new "
+                "folder, or pass --overwrite to write images/, masks/ and datalist.json into it (other files are kept)"
             )
 
 
@@ -113,24 +129,30 @@ def prepare_dataset(
     seed: int = 0,
     split: str | tuple[float, float, float] = (0.8, 0.0, 0.2),
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Read a published dataset and write ``out/images``, ``out/masks`` and ``out/datalist.json``.
 
     Args:
         dataset: a key of :data:`busmonai.data.readers.READERS` (``busi``, ``udiat``, ...).
         root: the dataset folder in its published layout.
-        out: output folder; must not lie inside ``root``; an earlier output of this command is
-            replaced, any other non-empty folder is refused.
+        out: output folder; must not lie inside ``root`` nor be a symbolic link. In an earlier
+            output of this command the entries of :data:`OWNED` are replaced (atomically, once
+            the new ones are complete) and every other file is kept; any other non-empty folder
+            is refused unless ``overwrite``.
         size: side of the square output images and masks.
         seed: seed of the stratified split.
         split: (train, validation, test) fractions, or ``"0.8,0.0,0.2"``.
         progress: show a progress bar.
+        overwrite: also write into a non-empty folder that prepare did not make (its
+            ``images/``, ``masks/`` and ``datalist.json`` are replaced, other files kept).
 
     Returns:
         The datalist that was written.
 
     Raises:
-        BusmonaiInputError: unknown dataset, bad layout or files, bad size or split.
+        BusmonaiInputError: unknown dataset, bad layout or files, bad size or split, or an
+            output folder that is a link or holds other files (without ``overwrite``).
     """
     if dataset not in READERS:
         raise BusmonaiInputError(f"unknown dataset {dataset!r}; use one of {', '.join(READERS)}")
@@ -141,11 +163,11 @@ def prepare_dataset(
     cases = READERS[dataset](root)
     if not cases:
         raise BusmonaiInputError(f"{root}: no images found in the {dataset} layout")
-    _check_paths(root, out)
+    _check_paths(root, out, overwrite)
     shape = (size, size)
     counters: dict[str, int] = {}
     processed: list[_Processed] = []
-    with atomic_directory(out, replace=True) as tmp:
+    with atomic_directory(out, replace=True, owned=OWNED) as tmp:
         for case in tqdm(cases, desc=f"prepare {dataset}", unit="img", disable=not progress):
             image = load_gray(case.image)
             mask = merged_mask(case, image.shape)
@@ -248,6 +270,73 @@ def load_datalist(path: Path | str) -> dict[str, Any]:
     if not isinstance(data, dict) or "training" not in data:
         raise BusmonaiInputError(f"{path}: no 'training' list; this is not a busmonai datalist")
     return data
+
+
+def item_place(index: int, split: str | None = None) -> str:
+    """How errors name a datalist item: ``item 3 of the 'training' split`` (``item 3`` for a
+    datalist that is a plain list); ``index`` counts from 0, as in ``data["training"][3]``."""
+    return f"item {index} of the '{split}' split" if split else f"item {index}"
+
+
+def checked_item(
+    datalist: Path | str,
+    place: str,
+    item: Any,
+    required: Sequence[str] = (),
+    paths: Sequence[str] = (),
+    allow_external: bool = False,
+    fix: str = "fix the datalist or re-run the command that wrote it",
+) -> dict[str, Any]:
+    """A copy of one datalist item, checked, with its file paths made absolute.
+
+    Args:
+        datalist: the datalist file; relative paths are relative to its folder.
+        place: the item's place for messages (:func:`item_place`).
+        item: the item as read from the JSON file.
+        required: keys that must be present and not null.
+        paths: keys holding file paths (those present must be non-empty strings); resolved to
+            absolute paths in the copy.
+        allow_external: accept paths that lead outside the datalist's folder (absolute paths
+            elsewhere, or ``..`` steps above it). Off, such a path is refused: a datalist names
+            the files beside it, and a path that climbs out is a mistake or a hostile file.
+        fix: the fix named when a required key is missing.
+
+    Raises:
+        BusmonaiInputError: the item is not a JSON object, a required key is missing or null, a
+            path is not a string or leads outside; the message names the datalist, the item
+            (``place``) and the key.
+    """
+    datalist = Path(datalist)
+    if not isinstance(item, dict):
+        raise BusmonaiInputError(
+            f"{datalist}: {place} is a JSON {type(item).__name__} ({json.dumps(item)[:60]}), not an object with "
+            "'image' / 'mask' paths; fix or remove it"
+        )
+    missing = [key for key in required if item.get(key) is None]
+    if missing:
+        named = f" ({item['image']})" if isinstance(item.get("image"), str) else ""
+        raise BusmonaiInputError(
+            f"{datalist}: {place}{named} has no {', '.join(repr(k) for k in missing)} (missing or null); {fix}"
+        )
+    entry = dict(item)
+    folder = Path(os.path.abspath(datalist.parent))
+    for key in paths:
+        if key not in item:
+            continue
+        value = item[key]
+        if not isinstance(value, str) or not value:
+            raise BusmonaiInputError(
+                f"{datalist}: {place}: {key!r} must be a file path (a non-empty string), found {json.dumps(value)}; "
+                "fix the datalist"
+            )
+        target = Path(os.path.normpath(folder / value))  # lexical: a link the user made inside stays allowed
+        if not allow_external and target != folder and folder not in target.parents:
+            raise BusmonaiInputError(
+                f"{datalist}: {place}: {key!r} {value!r} leads outside the datalist's folder {folder}; keep the "
+                "files under that folder and write their paths relative to it"
+            )
+        entry[key] = str((datalist.parent / value).resolve())
+    return entry
 
 
 def datalist_or_prepare(datalist: Path | str | None, busi_root: Path | str | None, out: Path | str,

@@ -11,8 +11,10 @@ Every ``busmonai evaluate`` command takes its images from one of two kinds of so
 - **A datalist** (a ``.json`` file): the output of ``busmonai prepare`` or a synthetic datalist.
   It is either a dict holding the lists ``training`` / ``validation`` / ``test`` (all three are
   used unless ``split`` names one) or a plain JSON list of items. Item paths are relative to the
-  datalist's folder (or absolute). Items are filtered by class: an item's class is its ``class``
-  or, without one, ``benign`` / ``malignant`` for ``label`` 0 / 1; items with neither are kept.
+  datalist's folder, or absolute paths inside it; a path leading outside it (``../x.png``,
+  ``/elsewhere/x.png``) is refused unless the caller passes ``allow_external=True``. Items are
+  filtered by class: an item's class is its ``class`` or, without one, ``benign`` /
+  ``malignant`` for ``label`` 0 / 1; items with neither are kept.
 
 Images are read with :func:`busmonai.data.imageio.load_gray` (greyscale float in [0, 255]).
 Checkpoints of downstream networks (segmenter, classifier) are a TorchScript file (what the
@@ -31,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from busmonai.data.imageio import load_gray, resize_gray, to_uint8
 from busmonai.clinical.classes import LESION_CLASSES
+from busmonai.data.imageio import load_gray, resize_gray, to_uint8
+from busmonai.data.prepare import checked_item, item_place
 from busmonai.errors import BusmonaiInputError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
@@ -119,6 +122,7 @@ def datalist_items(
     split: str | None = None,
     classes: Sequence[str] | None = LESION_CLASSES,
     keys: Sequence[str] = ("image",),
+    allow_external: bool = False,
 ) -> list[dict[str, Any]]:
     """Items of a datalist with the paths under ``keys`` resolved to absolute paths.
 
@@ -127,10 +131,13 @@ def datalist_items(
         split: one of ``training`` / ``validation`` / ``test``, or ``None`` for all of them.
         classes: keep items of these classes (and items of unknown class); ``None`` keeps all.
         keys: item keys that must be present and are resolved as paths.
+        allow_external: accept paths leading outside the datalist's folder.
 
     Raises:
-        BusmonaiInputError: missing or malformed file, unknown split, an item without a key,
-            or no item left after filtering.
+        BusmonaiInputError: missing or malformed file, unknown split, no item left after
+            filtering, or a bad item: not an object, a key missing, null or not a string, a path
+            leading outside the datalist's folder (the message names the datalist, the split,
+            the item's index and the key).
     """
     path = Path(path)
     if not path.is_file():
@@ -142,30 +149,22 @@ def datalist_items(
     if split is not None and split not in SPLITS:
         raise BusmonaiInputError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if isinstance(data, list):
-        raw = data
+        raw = [(item_place(index), item) for index, item in enumerate(data)]
     elif isinstance(data, dict) and any(isinstance(data.get(s), list) for s in SPLITS):
-        raw = [item for s in ((split,) if split else SPLITS) for item in (data.get(s) or [])]
+        raw = [(item_place(index, s), item) for s in ((split,) if split else SPLITS)
+               for index, item in enumerate(data.get(s) or [])]
     else:
         raise BusmonaiInputError(
             f"{path}: neither a list of items nor a dict with 'training' / 'validation' / 'test' lists; "
             "pass a datalist written by 'busmonai prepare' or the sampler"
         )
     items = []
-    for item in raw:
-        if not isinstance(item, dict):
-            raise BusmonaiInputError(f"{path}: items must be JSON objects, found {type(item).__name__}")
+    for place, item in raw:
+        item = checked_item(path, place, item)
         cls = item_class(item)
         if classes is not None and cls is not None and cls not in classes:
             continue
-        missing = [key for key in keys if not item.get(key)]
-        if missing:
-            raise BusmonaiInputError(
-                f"{path}: item {item.get('image', item)} has no {', '.join(missing)}; fix the datalist"
-            )
-        entry = dict(item)
-        for key in keys:
-            entry[key] = str((path.parent / str(item[key])).resolve())
-        items.append(entry)
+        items.append(checked_item(path, place, item, required=keys, paths=keys, allow_external=allow_external))
     if not items:
         where = f"the '{split}' split" if split else "any split"
         wanted = "/".join(classes) if classes is not None else "any"
