@@ -122,3 +122,74 @@ def test_a_plan_cannot_send_files_outside_the_output(tmp_path: Path) -> None:
     (out / "masks").symlink_to(elsewhere)
     with pytest.raises(BusmonaiInputError, match="linked folder"):
         output_path(out, "masks/a.png")
+
+
+# --- filtering ---------------------------------------------------------------------------------
+
+def test_the_filter_keeps_exactly_the_images_above_its_thresholds() -> None:
+    from busmonai.synthesis.filtering import SyntheticFilter
+
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 2:6] = 255
+    lesion = torch.zeros(3, 1, 8, 8)
+    lesion[0, 0, 2:6, 2:6] = 1.0  # exactly the mask: Dice 1
+    lesion[1, 0, 2:6, 2:4] = 1.0  # half of it: Dice 2/3
+    seg = lambda images: lesion  # noqa: E731
+    cls = lambda images: torch.tensor([0.9, 0.9, 0.05])  # noqa: E731  P(malignant)
+    rows = SyntheticFilter(seg, cls, min_dice=0.6, min_class_prob=0.2).score(torch.zeros(3, 1, 8, 8), [mask] * 3,
+                                                                           [1, 0, 1])
+    assert [r["dice"] for r in rows] == [1.0, 0.6667, 0.0]
+    assert [r["class_prob"] for r in rows] == [0.9, pytest.approx(0.1), 0.05]
+    assert [r["kept"] for r in rows] == [True, False, False]  # dice ok but class contradicted; dice too low
+    with pytest.raises(BusmonaiInputError, match="--filter-min-dice 1.5"):
+        SyntheticFilter(seg, min_dice=1.5)
+
+
+def test_generation_with_a_filter_refills_to_the_count(trained_autoencoder: Path, trained_ldm: Path,
+                                                       datalist32: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from busmonai.synthesis import filtering
+    from busmonai.synthesis.generate import FILTER_NAME, generate_dataset
+
+    calls = {"n": 0}
+
+    def every_other(self: filtering.SyntheticFilter, images: torch.Tensor, masks: list, labels: list) -> list:
+        rows = []
+        for _ in range(len(images)):
+            rows.append({"dice": 1.0, "class_prob": None, "kept": calls["n"] % 2 == 0})
+            calls["n"] += 1
+        return rows
+
+    monkeypatch.setattr(filtering.SyntheticFilter, "score", every_other)
+    synthetic_filter = filtering.SyntheticFilter(lambda x: x, pool=4.0, digests={"segmenter": "abc"})
+    from bundle_runner import TINY_AUTOENCODER, TINY_UNET
+    from busmonai.bundles import bundle_config, run_config
+
+    workflow = run_config([bundle_config("controlnet", "inference.json")], run=False, n=4, mode="text", steps=2,
+                          image_size=32, batch_size=2, datalist=str(datalist32), output_dir="unused",
+                          autoencoder_ckpt=str(trained_autoencoder / "model.pt"), ldm_ckpt=str(trained_ldm / "model.pt"),
+                          **TINY_AUTOENCODER, **TINY_UNET)
+    settings, models = workflow.parser.get_parsed_content("settings"), workflow.parser.get_parsed_content("models")
+    settings.filter = synthetic_filter.settings()
+    datalist = generate_dataset(tmp_path / "f", settings, models, progress=False, sheet=False,
+                                synthetic_filter=synthetic_filter)
+    scores = json.loads((tmp_path / "f" / FILTER_NAME).read_text())
+    kept = datalist["training"]
+    assert len(kept) == 4 and datalist["counts"]["training"] == {"benign": 2, "malignant": 2}
+    assert all(scores[e["image"]]["kept"] for e in kept)
+    assert datalist["filter"]["kept"] == 4 and datalist["filter"]["rejected"] == sum(not s["kept"] for s in scores.values())
+    assert datalist["filter"]["checkpoints"] == {"segmenter": "abc"} and len(scores) < 16  # stopped when full
+    monkeypatch.setattr(filtering.SyntheticFilter, "score",
+                        lambda self, images, masks, labels: [{"dice": 0.0, "class_prob": None, "kept": False}] * len(images))
+    with pytest.raises(BusmonaiInputError, match="the filter kept 0 of 4 images after 16 candidates"):
+        generate_dataset(tmp_path / "g", settings, models, progress=False, sheet=False, synthetic_filter=synthetic_filter)
+
+
+def test_a_filter_classifier_needs_a_segmenter(trained_autoencoder: Path, trained_ldm: Path, datalist32: Path,
+                                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = _checkpoints(trained_autoencoder, trained_ldm)
+    assert main(["generate", "--out", str(tmp_path / "a"), "--n", "2", "--filter-classifier",
+                 str(tmp_path / "cls.pt"), *args]) == 2
+    assert "needs --filter SEGMENTER_MODEL_PT" in capsys.readouterr().err
+    assert main(["generate", "--out", str(tmp_path / "b"), "--n", "2", "--filter", str(tmp_path / "seg.pt"), *args]) == 2
+    assert "filter_segmenter_ckpt" in capsys.readouterr().err

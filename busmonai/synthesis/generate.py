@@ -53,10 +53,13 @@ from busmonai.errors import BusmonaiInputError
 from busmonai.files import write_json_atomic
 from busmonai.networks.io_check import latent_shape
 from busmonai.networks.latent_diffusion import UNCONDITIONAL_FILL
+from busmonai.synthesis.filtering import SyntheticFilter
 from busmonai.synthesis.sampling import LatentInpainting, ddim_sample, decode, make_ddim, seeded_noise
 
 PRODUCER = "busmonai generate"
 PLAN_NAME = "plan.json"
+FILTER_NAME = "filter.json"
+"""The filter's score of every candidate (written after each batch, so a resumed run skips them)."""
 DATALIST_NAME = "datalist.json"
 SHEET_NAME = "sheet.png"
 MODES = ("full", "text", "mask")
@@ -88,6 +91,7 @@ class GenerationSettings:
     background: str | None = None
     background_classes: str = "normal"
     blend_margin: int = 3
+    filter: dict[str, Any] | None = None
 
     def validate(self) -> None:
         """Raise :class:`BusmonaiInputError` for impossible settings."""
@@ -195,7 +199,8 @@ def _load_real_mask(root: Path, item: dict[str, Any], size: int) -> np.ndarray:
 
 
 def make_plan(settings: GenerationSettings, scmg_masks: Any = None) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
-    """The deterministic plan: one entry per sample (class, prompt, seed, attributes) and its mask.
+    """The deterministic plan: one entry per sample (class, prompt, seed, attributes) and its mask;
+    with a filter (``settings.filter``), ``pool`` candidates per requested image.
 
     Args:
         settings: validated settings.
@@ -206,6 +211,8 @@ def make_plan(settings: GenerationSettings, scmg_masks: Any = None) -> tuple[lis
     """
     settings.validate()
     counts = class_counts(settings)
+    if settings.filter:
+        counts = {cls: int(math.ceil(n * float(settings.filter["pool"]))) for cls, n in counts.items()}
     if sum(counts.values()) < 1:
         raise BusmonaiInputError(f"the settings give no image to generate ({counts}); raise --ratio or --n")
     items: list[dict[str, Any]] | None = None
@@ -409,6 +416,26 @@ def write_sheet(out: Path, models: GenerationModels, settings: GenerationSetting
     return path
 
 
+def _filter_batch(out: Path, entries: list[dict[str, Any]], masks: list[np.ndarray], synthetic_filter: SyntheticFilter,
+                  scores: dict[str, Any], target: dict[str, int], kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Score the batch's written images not scored yet (saving the scores), and return the entries
+    that pass and still fit their class's count, in plan order."""
+    new = [k for k, e in enumerate(entries) if e["image"] not in scores]
+    if new:
+        images = torch.stack([torch.from_numpy(np.asarray(Image.open(output_path(out, entries[k]["image"]))).astype(
+            np.float32) / 255.0)[None] for k in new])
+        rows = synthetic_filter.score(images, [masks[k] for k in new], [entries[k]["label"] for k in new])
+        scores.update({entries[k]["image"]: row for k, row in zip(new, rows)})
+        write_json_atomic(scores, out / FILTER_NAME)
+    counts = Counter(e["class"] for e in kept)
+    chosen = []
+    for entry in entries:
+        if scores[entry["image"]]["kept"] and counts[entry["class"]] < target[entry["class"]]:
+            counts[entry["class"]] += 1
+            chosen.append(entry)
+    return chosen
+
+
 def write_background_sheet(out: Path, entries: list[dict[str, Any]], n_columns: int = 6) -> Path:
     """A PNG sheet of real-background samples: the real images, the new masks, the synthetic images."""
     from busmonai.visualize import grid
@@ -424,7 +451,7 @@ def write_background_sheet(out: Path, entries: list[dict[str, Any]], n_columns: 
 
 def generate_dataset(out: str | Path, settings: GenerationSettings, models: GenerationModels,
                      scmg_masks: Any = None, progress: bool = True, sheet: bool = True,
-                     stop_after_batches: int | None = None) -> dict[str, Any]:
+                     stop_after_batches: int | None = None, synthetic_filter: SyntheticFilter | None = None) -> dict[str, Any]:
     """Plan, generate and write a synthetic dataset (see the module docstring).
 
     Args:
@@ -435,12 +462,16 @@ def generate_dataset(out: str | Path, settings: GenerationSettings, models: Gene
         progress: show progress bars.
         sheet: also write the mask / benign / malignant PNG sheet.
         stop_after_batches: stop (as if killed) after this many batches (tests of resumption).
+        synthetic_filter: keep only the candidates it passes, until each class has its count
+            (``settings.filter`` must record it); the datalist lists the kept images only.
 
     Returns:
         The datalist (also written to ``out/datalist.json``), or ``{}`` when stopped early.
     """
     out = Path(out)
     settings.validate()
+    if (synthetic_filter is None) != (not settings.filter):
+        raise BusmonaiInputError("a filter needs its settings recorded (settings.filter) and the filter models")
     if settings.mode != "text" and models.controlnet is None and not getattr(models.ldm, "mask_channels", 0):
         raise BusmonaiInputError(f"--mode {settings.mode} needs a ControlNet checkpoint (--controlnet-ckpt) "
                                  "or an LDM trained with the mask as input (bundles/ldm/configs/mask_input.json)")
@@ -457,24 +488,41 @@ def generate_dataset(out: str | Path, settings: GenerationSettings, models: Gene
         write_json_atomic({"producer": PRODUCER, "settings": asdict(settings), "entries": entries}, out / PLAN_NAME)
     latent_shape = models.latent_shape(settings.image_size)
     n_batches = math.ceil(len(entries) / settings.batch_size)
+    target = class_counts(settings)
+    scores: dict[str, Any] = {}
+    if synthetic_filter is not None and resuming and (out / FILTER_NAME).is_file():
+        scores = json.loads((out / FILTER_NAME).read_text())
+    kept: list[dict[str, Any]] = []
     done = 0
     for b in tqdm(range(n_batches), desc="generate", unit="batch", disable=not progress):
+        if synthetic_filter is not None and all(sum(e["class"] == c for e in kept) >= n for c, n in target.items()):
+            break
         batch = slice(b * settings.batch_size, (b + 1) * settings.batch_size)
-        if all(output_path(out, e.get("image")).is_file() for e in entries[batch]):
-            continue
-        images = _generate_batch(models, settings, entries[batch], masks[batch], latent_shape)
-        for entry, image in zip(entries[batch], images):
-            save_png((image[0].cpu().numpy() * 255).round().astype(np.uint8), output_path(out, entry["image"]))
-        done += 1
+        if not all(output_path(out, e.get("image")).is_file() for e in entries[batch]):
+            images = _generate_batch(models, settings, entries[batch], masks[batch], latent_shape)
+            for entry, image in zip(entries[batch], images):
+                save_png((image[0].cpu().numpy() * 255).round().astype(np.uint8), output_path(out, entry["image"]))
+            done += 1
+        if synthetic_filter is not None:
+            kept += _filter_batch(out, entries[batch], masks[batch], synthetic_filter, scores, target, kept)
         if stop_after_batches is not None and done >= stop_after_batches:
             return {}
+    if synthetic_filter is not None:
+        short = {c: n - sum(e["class"] == c for e in kept) for c, n in target.items()}
+        if any(v > 0 for v in short.values()):
+            raise BusmonaiInputError(
+                f"the filter kept {len(kept)} of {sum(target.values())} images after {len(scores)} candidates "
+                f"(missing {short}); lower --filter-min-dice / --filter-min-class-prob or raise --filter-pool "
+                f"(scores in {out / FILTER_NAME})")
     datalist = {
         "name": "synthetic", "producer": PRODUCER, "synthetic": True,
         "size": [settings.image_size, settings.image_size], "seed": settings.seed,
         "settings": asdict(settings),
-        "counts": {"training": dict(sorted(Counter(e["class"] for e in entries).items()))},
-        "training": entries, "validation": [], "test": [],
+        "counts": {"training": dict(sorted(Counter(e["class"] for e in (kept if synthetic_filter else entries)).items()))},
+        "training": kept if synthetic_filter is not None else entries, "validation": [], "test": [],
     }
+    if synthetic_filter is not None:
+        datalist["filter"] = synthetic_filter.record(len(kept), sum(not s["kept"] for s in scores.values()))
     write_json_atomic(datalist, out / DATALIST_NAME)
     if sheet and settings.background:
         write_background_sheet(out, entries)
