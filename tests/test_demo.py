@@ -49,5 +49,11 @@ def test_failed_stage_is_reported_and_claims_no_numbers(tmp_path: Path, monkeypa
 
 
 def test_demo_rejects_bad_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--minutes", "0", "--out", str(tmp_path / "d")]) == 2
-    assert "--minutes 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--minutes", "0", "--out", str(tmp_path / "d")])
+    assert info.value.code == 2 and "--minutes: 0 is out of range" in capsys.readouterr().err
+    from busmonai.demo import run_demo
+    from busmonai.errors import BusmonaiInputError
+
+    with pytest.raises(BusmonaiInputError, match="--minutes nan"):
+        run_demo(tmp_path / "d", minutes=float("nan"))
