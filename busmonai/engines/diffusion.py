@@ -131,7 +131,12 @@ class DiffusionTrainer(Trainer):
             and text can be guided separately.
         consistency: a :class:`busmonai.engines.consistency.SegmentationConsistency` (ControlNet++)
             added to the loss with its weight (needs ``mask`` in the batches), or None.
-        **kwargs: passed to ``monai.engines.Trainer`` (``train_handlers``, ``epoch_length``...).
+        accumulation_steps: iterations whose gradients are summed (each loss divided by it) before one
+            optimizer step, clipping and EMA update: the papers' effective batch is ``batch_size`` times
+            this. The LR scheduler still counts iterations.
+        **kwargs: passed to ``monai.engines.Trainer`` (``train_handlers``, ``epoch_length``...);
+            ``amp=True`` runs the network's forward pass under bfloat16 autocast where the device
+            supports it (no gradient scaler is needed; float32 on a GPU without bfloat16).
     """
 
     def __init__(
@@ -153,6 +158,7 @@ class DiffusionTrainer(Trainer):
         timestep_power: float = 1.0,
         mask_dropout: float = 0.1,
         consistency: SegmentationConsistency | None = None,
+        accumulation_steps: int = 1,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("decollate", False)
@@ -175,6 +181,13 @@ class DiffusionTrainer(Trainer):
             raise ValueError(f"mask_dropout must be in [0, 1], got {mask_dropout}")
         self.mask_dropout = float(mask_dropout)
         self.consistency = consistency
+        if int(accumulation_steps) < 1:
+            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+        self.accumulation_steps = int(accumulation_steps)
+        self._accumulated = 0  # iterations whose gradients wait for the next optimizer step
+        kind = torch.device(device).type
+        bf16 = kind == "cpu" or (kind == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        self.autocast_dtype = torch.bfloat16 if self.amp and bf16 else None  # None: float32 throughout
         sample_timesteps(1, 2, self.timestep_power)  # validates the power
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -231,8 +244,12 @@ class DiffusionTrainer(Trainer):
                                engine.condition_dropout, engine.generator)
         mask_kept = engine.draw_mask_kept(latents.shape[0])
         engine.train_mode()
-        engine.optimizer.zero_grad(set_to_none=True)
-        prediction = engine.predict_noise(noisy, timesteps, context, batchdata, mask_kept)
+        window = engine.accumulation_steps
+        if engine._accumulated == 0:  # first iteration of an accumulation window
+            engine.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=engine.autocast_dtype or torch.float32,
+                            enabled=engine.autocast_dtype is not None):
+            prediction = engine.predict_noise(noisy, timesteps, context, batchdata, mask_kept)
         error = (prediction.float() - noise.float()).pow(2)
         if engine.lesion_weight > 0:
             if "mask" not in batchdata:
@@ -251,12 +268,15 @@ class DiffusionTrainer(Trainer):
                                       engine.noise_scheduler, model.scale_factor, mask_kept)
             loss = loss + engine.consistency.weight * term
             output["consistency"] = term.item()
-        loss.backward()
-        if engine.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(engine.trainable_parameters(), engine.grad_clip)
-        engine.optimizer.step()
-        if engine.ema is not None:
-            engine.ema.update_parameters(engine.ema_source())
+        (loss / window).backward()
+        engine._accumulated += 1
+        if engine._accumulated == window:  # last of the window (every iteration for window 1)
+            engine._accumulated = 0
+            if engine.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(engine.trainable_parameters(), engine.grad_clip)
+            engine.optimizer.step()
+            if engine.ema is not None:
+                engine.ema.update_parameters(engine.ema_source())
         return {"loss": loss.item(), **output}
 
 
