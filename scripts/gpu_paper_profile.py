@@ -222,13 +222,14 @@ def ldm_paper(sd_path: Path, datalist: Path, work: Path, steps: int) -> tuple[Pa
     """Section 3; returns the autoencoder and LDM checkpoints (for the ControlNet)."""
     from busmonai.networks import described
     from busmonai.networks import stable_diffusion as sd
+    from busmonai.pipeline import product_path
 
     start = time.perf_counter()
     arch = sd.autoencoder_arch(sd_path, like={"in_channels": 1, "out_channels": 1})
     autoencoder_ckpt = described.save_network(
         sd.load_autoencoder_weights(described.build(arch), sd_path),
         described.ArchitectureRecord("autoencoder", {"image_size": SETTINGS.get("image_size", 256)}, network=arch),
-        work / "autoencoder" / "model.pt")
+        product_path(work, "autoencoder"))
     parser = paper_parser("ldm", sd_path=str(sd_path), datalist=str(datalist), autoencoder_ckpt=str(autoencoder_ckpt),
                           output_dir=str(work / "ldm"), gradient_accumulation=1, resume=False)
     parser.get_parsed_content("initialize")  # the bundle's own: determinism, latent scale factor
@@ -242,7 +243,7 @@ def ldm_paper(sd_path: Path, datalist: Path, work: Path, steps: int) -> tuple[Pa
             time_steps(trainer, loader, batch_size, "ldm_paper", channels_last, bf16, steps)
     trainer.network.to(memory_format=torch.contiguous_format)
     network = parser.get_parsed_content("network")
-    ldm_ckpt = described.save_network(network, parser.get_parsed_content("architecture"), work / "ldm" / "model.pt")
+    ldm_ckpt = described.save_network(network, parser.get_parsed_content("architecture"), product_path(work, "ldm"))
     del trainer, loader, network, parser
     empty_cache()
     return autoencoder_ckpt, ldm_ckpt

@@ -404,7 +404,3 @@ def _main(args: argparse.Namespace) -> int:
                          out / f"plot_{name}_{metric}.png")
         print(f"plot: {plot}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

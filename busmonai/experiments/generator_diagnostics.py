@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -219,7 +218,3 @@ def main(argv: list[str] | None = None) -> int:
                                                                    "json": str(args.json)}},
                                         indent=1, default=str) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
