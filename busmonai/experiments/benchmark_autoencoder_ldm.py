@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from busmonai.clinical.classes import IMAGE_CLASSES
+
 
 
 def train_autoencoder(datalist: Path, out: Path, minutes: float, extra: dict) -> dict:
@@ -59,7 +61,7 @@ def ldm_throughput(datalist: Path, autoencoder_ckpt: Path, steps: int, batch_siz
     network = parser.get_parsed_content("network")
     scheduler = parser.get_parsed_content("noise_scheduler")
     text_encoder = parser.get_parsed_content("text_encoder")
-    items = datalist_split(datalist, "training", ("benign", "malignant", "normal"), 64, keys=("image", "prompt"))
+    items = datalist_split(datalist, "training", IMAGE_CLASSES, 64, keys=("image", "prompt"))
     context_fn = make_context_fn(text_encoder, [i["prompt"] for i in items])
     cache = cached_latents(autoencoder, autoencoder_ckpt, items, 64, Path("/tmp/busmonai_bench_latents.pt"), flips=True,
                            progress=False)

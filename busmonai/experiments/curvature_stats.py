@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.clinical.curvature import curvature_statistics
 from busmonai.data.imageio import load_gray
 from busmonai.data.prepare import merged_mask
@@ -31,7 +32,7 @@ from busmonai.data.readers.busi import read_busi
 from busmonai.data.records import RawCase
 from busmonai.errors import BusmonaiInputError
 
-CLASSES = ("benign", "malignant")
+CLASSES = TUMOR_CLASSES
 
 
 def case_masks(cases: list[RawCase], size: int | None = None) -> Iterator[np.ndarray]:

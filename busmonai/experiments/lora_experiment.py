@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from busmonai.bundles import REPO_ROOT as REPO
+from busmonai.clinical.classes import TUMOR_CLASSES
 SHARED_BUSI = REPO.parent / "shared" / "data" / "Dataset_BUSI_with_GT"
 IMAGE_SIZE = 64
 
@@ -92,7 +93,7 @@ def held_out(datalist: Path) -> list[dict[str, Any]]:
     """The target's held-out (test) tumor items with their prompts (the images FID/KID compares to)."""
     from busmonai.data.dataset import datalist_split
 
-    return datalist_split(datalist, "test", ("benign", "malignant"), image_size=IMAGE_SIZE, keys=("image", "prompt"))
+    return datalist_split(datalist, "test", TUMOR_CLASSES, image_size=IMAGE_SIZE, keys=("image", "prompt"))
 
 
 # ------------------------------------------------------------------------------------- training

@@ -44,11 +44,12 @@ from typing import Any
 
 import numpy as np
 
+from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.errors import BusmonaiInputError
 
 from busmonai.bundles import REPO_ROOT as REPO
 TRAIN = "bundles/scmg/configs/train.json"
-CLASSES = ("benign", "malignant")
+CLASSES = TUMOR_CLASSES
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "soft_prior": {"bbox_map_blur": 0.03},
