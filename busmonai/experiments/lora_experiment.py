@@ -44,6 +44,7 @@ import torch
 
 from busmonai.bundles import REPO_ROOT as REPO
 from busmonai.clinical.classes import TUMOR_CLASSES
+
 SHARED_BUSI = REPO.parent / "shared" / "data" / "Dataset_BUSI_with_GT"
 IMAGE_SIZE = 64
 
