@@ -492,3 +492,30 @@ def test_memory_estimate_counts_weights_gradients_moments_and_ema() -> None:
     assert estimate["gradients"] * gib == pytest.approx(440) and estimate["optimizer"] * gib == pytest.approx(880)
     assert estimate["ema"] * gib == pytest.approx(440) and estimate["trainable_parameters"] == 110
 
+
+
+def test_paper_profile_trains_each_stage_from_the_sd_folder(tiny: types.SimpleNamespace, datalist32: Path,
+                                                            tmp_path: Path) -> None:
+    """One short run of each stage of the paper profile on the CPU, started from the converted tiny
+    SD weights: the autoencoder, then the LDM on it, then the ControlNet on the LDM."""
+    from bundle_runner import run_bundle
+
+    common = {"datalist": str(datalist32), "image_size": 32, "batch_size": 4, "max_epochs": 1, "num_workers": 0,
+              "device": "$torch.device('cpu')", "sd_path": str(tiny.root), "preview_interval": 10_000,
+              "resume": False}
+    runs = tmp_path / "runs"
+    run_bundle(["bundles/autoencoder/configs/train.json", "bundles/autoencoder/configs/paper.json"],
+               output_dir=str(runs / "autoencoder"), val_interval=10_000, **common)
+    ae = described.load_network(runs / "autoencoder" / "model.pt", "autoencoder_ckpt", "autoencoder")
+    assert type(ae).__name__ == "LDMAutoencoderKL"
+    chained = {**common, "autoencoder_ckpt": str(runs / "autoencoder" / "model.pt"), "gradient_accumulation": 2}
+    run_bundle(["bundles/ldm/configs/train.json", "bundles/ldm/configs/paper.json"], output_dir=str(runs / "ldm"),
+               **chained)
+    ldm = described.load_network(runs / "ldm" / "model.pt", "ldm_ckpt", "ldm")
+    assert ldm.unet.conv_in.conv.weight.shape[1] == tiny.unet.config.in_channels
+    run_bundle(["bundles/controlnet/configs/train.json", "bundles/controlnet/configs/paper.json"],
+               output_dir=str(runs / "controlnet"), ldm_ckpt=str(runs / "ldm" / "model.pt"),
+               control_embedding_channels=[8, 16, 16], **chained)  # masks to the tiny VAE's 4x latent
+    assert (runs / "controlnet" / "model.pt").is_file()
+    for stage in ("autoencoder", "ldm", "controlnet"):
+        assert json.loads((runs / stage / "metrics.json").read_text())["iterations"] >= 1
