@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -101,45 +100,36 @@ def realism(generated: list[dict[str, float]], real: list[dict[str, float]]) -> 
 
 def train_runs(datalist: Path, out: Path, minutes: float, sequential: bool, threads: int,
                overrides: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Train the bundle once per entry of ``RUNS``; return each run's folder and metrics.
+    """Train the bundle once per entry of ``RUNS`` (side by side unless ``sequential``), each in a
+    child process with ``threads`` threads; return each run's folder and metrics.
 
-    ``overrides`` are ``KEY=VALUE`` bundle settings applied to both runs.
+    ``overrides`` are ``KEY=VALUE`` bundle settings (values as JSON) applied to both runs.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    procs: dict[str, tuple[subprocess.Popen, Path, Any, float]] = {}
-    results: dict[str, dict[str, Any]] = {}
+    from concurrent.futures import ThreadPoolExecutor
 
-    def finish(name: str) -> None:
-        proc, folder, log, start = procs[name]
-        code = proc.wait()
-        log.close()
-        if code != 0:
-            tail = (folder.parent / f"{folder.name}.log").read_text()[-3000:]
-            raise RuntimeError(f"training '{name}' failed (exit {code}):\n{tail}")
-        metrics = json.loads((folder / "metrics.json").read_text())
-        results[name] = {"dir": str(folder), "wall_seconds": round(time.perf_counter() - start, 1), **metrics}
-        print(f"  {name}: {metrics['iterations']} iterations in {results[name]['wall_seconds']} s", flush=True)
+    from busmonai.pipeline import train_stage
 
-    for name, weight in RUNS.items():
+    settings = {"image_size": IMAGE_SIZE}
+    for item in overrides or []:
+        key, _, value = item.partition("=")
+        try:
+            settings[key] = json.loads(value)
+        except ValueError:
+            settings[key] = value
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)  # the children's threads
+
+    def run(name: str) -> dict[str, Any]:
+        weight = RUNS[name]
         folder = out / ("scmg_cur" if weight is None else "scmg_nocur")
-        args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/scmg/configs/train.json",
-                "--datalist", str(datalist), "--output_dir", str(folder), "--max_minutes", str(minutes),
-                "--resume", "false", "--image_size", str(IMAGE_SIZE)]
-        if weight is not None:
-            args += ["--cur_weight", str(weight)]
-        for item in overrides or []:
-            key, _, value = item.partition("=")
-            args += [f"--{key}", value]
-        log = open(out / f"{folder.name}.log", "w")  # noqa: SIM115 - closed in finish()
         print(f"training '{name}' for {minutes} min -> {folder}", flush=True)
-        procs[name] = (subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), folder, log,
-                       time.perf_counter())
-        if sequential:
-            finish(name)
-    for name in RUNS:
-        if name not in results:
-            finish(name)
-    return results
+        record = train_stage("scmg", out, datalist, minutes=minutes, output_dir=folder, process=True,
+                             overrides={**settings, **({} if weight is None else {"cur_weight": weight})})
+        print(f"  {name}: {record['iterations']} iterations in {record['seconds']} s", flush=True)
+        return {"dir": str(folder), "wall_seconds": record["seconds"], **record["metrics"]}
+
+    with ThreadPoolExecutor(max_workers=1 if sequential else len(RUNS)) as pool:
+        futures = {name: pool.submit(run, name) for name in RUNS}
+    return {name: future.result() for name, future in futures.items()}
 
 
 def evaluate(run_dirs: dict[str, str], datalist: Path, n: int, seed: int) -> dict[str, Any]:

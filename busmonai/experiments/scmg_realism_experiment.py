@@ -48,7 +48,6 @@ from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.errors import BusmonaiInputError
 
 from busmonai.bundles import REPO_ROOT as REPO
-TRAIN = "bundles/scmg/configs/train.json"
 CLASSES = TUMOR_CLASSES
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},
@@ -62,31 +61,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
 """Variant name -> bundle overrides (the defaults of ``train.json`` are the baseline)."""
 
 
-def _value(value: Any) -> str:
-    """A bundle override as one command-line word (lists as compact JSON)."""
-    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict, bool)) else str(value)
-
-
 def train(name: str, overrides: dict[str, Any], datalist: Path, folder: Path, minutes: float, image_size: int,
           threads: int) -> dict[str, Any]:
-    """Train one variant; return its ``metrics.json`` with the wall time."""
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN, "--datalist", str(datalist),
-            "--output_dir", str(folder), "--max_minutes", str(minutes), "--resume", "false",
-            "--image_size", str(image_size)]
-    for key, value in overrides.items():
-        args += [f"--{key}", _value(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    folder.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    """Train one variant in a child process with ``threads`` threads; return its ``metrics.json``
+    with the wall time."""
+    from busmonai.pipeline import train_stage
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)  # the child's threads
     print(f"training '{name}' for {minutes} min -> {folder}", flush=True)
-    with open(folder.parent / "train.log", "w") as log:
-        code = subprocess.run(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              check=False).returncode
-    if code != 0:
-        tail = (folder.parent / "train.log").read_text()[-3000:]
-        raise RuntimeError(f"training '{name}' failed (exit {code}):\n{tail}")
-    metrics = json.loads((folder / "metrics.json").read_text())
-    return {**metrics, "wall_seconds": round(time.perf_counter() - start, 1)}
+    record = train_stage("scmg", folder.parent, datalist, minutes=minutes, output_dir=folder, process=True,
+                         overrides={"image_size": image_size, **overrides})
+    return {**record["metrics"], "wall_seconds": record["seconds"]}
 
 
 def training_rectangles(datalist: Path, rects: int, seed: int) -> dict[str, list[list[int]]]:
