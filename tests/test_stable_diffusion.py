@@ -519,3 +519,32 @@ def test_paper_profile_trains_each_stage_from_the_sd_folder(tiny: types.SimpleNa
     assert (runs / "controlnet" / "model.pt").is_file()
     for stage in ("autoencoder", "ldm", "controlnet"):
         assert json.loads((runs / stage / "metrics.json").read_text())["iterations"] >= 1
+
+
+def test_gradient_checkpointing_keeps_outputs_and_gradients(inputs: types.SimpleNamespace,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocks recompute in the backward pass: the same noise prediction and gradients."""
+    import torch.utils.checkpoint as torch_checkpoint
+    from monai.networks.nets import DiffusionModelUNet
+
+    calls = []
+    original = torch_checkpoint.checkpoint
+    monkeypatch.setattr(torch_checkpoint, "checkpoint", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
+
+    from busmonai.networks.latent_diffusion import LatentDiffusionModel
+
+    def run(checkpointing: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        unet = DiffusionModelUNet(spatial_dims=2, in_channels=4, out_channels=4, channels=(8, 16), attention_levels=(
+            False, True), num_res_blocks=1, num_head_channels=8, norm_num_groups=4, with_conditioning=True,
+            cross_attention_dim=CONTEXT)
+        model = LatentDiffusionModel(unet, gradient_checkpointing=checkpointing)
+        out = model(inputs.latent, timesteps=inputs.timesteps, context=inputs.context)
+        out.square().mean().backward()
+        return out.detach(), unet.conv_in.conv.weight.grad.clone()
+
+    (plain, grad), (recomputed, grad_ckpt) = run(False), run(True)
+    assert calls  # the blocks did go through torch.utils.checkpoint
+    assert torch.allclose(plain, recomputed, atol=1e-6) and torch.allclose(grad, grad_ckpt, atol=1e-6)
+    parser = _paper("ldm", gradient_checkpointing=True)
+    assert parser.get_parsed_content("network_arch#gradient_checkpointing") is True

@@ -24,6 +24,35 @@ UNCONDITIONAL_FILL = -1.0
 """Context value of a dropped prompt; MONAI's ``DiffusionInferer.sample(cfg_fill_value=-1)``."""
 
 
+def checkpoint_blocks(network: nn.Module) -> nn.Module:
+    """Gradient checkpointing for a MONAI ``DiffusionModelUNet`` or ``ControlNet``: each down, middle
+    and up block recomputes its activations in the backward pass instead of keeping them
+    (``torch.utils.checkpoint``, non-reentrant), trading about a third more compute for memory.
+    Outside training (no gradients) the blocks run as they are. Returns ``network``."""
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = [*getattr(network, "down_blocks", []), getattr(network, "middle_block", None),
+              *getattr(network, "up_blocks", [])]
+    for block in (b for b in blocks if b is not None):
+        plain = block.forward
+
+        def forward(*args: Any, _plain: Any = plain, **kwargs: Any) -> Any:
+            if torch.is_grad_enabled():
+                return checkpoint(_plain, *args, use_reentrant=False, **kwargs)
+            return _plain(*args, **kwargs)
+
+        block.forward = forward
+    return network
+
+
+def checkpointed(network: nn.Module, enabled: bool = True) -> nn.Module:
+    """``network`` with :func:`checkpoint_blocks` applied (to its ``controlnet`` or ``unet`` part when
+    it wraps one) when ``enabled``; returns ``network``."""
+    if enabled:
+        checkpoint_blocks(getattr(network, "controlnet", None) or getattr(network, "unet", None) or network)
+    return network
+
+
 class LatentDiffusionModel(nn.Module):
     """A diffusion UNet (e.g. MONAI ``DiffusionModelUNet``) plus its latent ``scale_factor`` buffer.
 
@@ -33,14 +62,17 @@ class LatentDiffusionModel(nn.Module):
         text_encoder: a *trainable* text encoder that learns with the UNet (the small
             vocabulary encoder); it is then saved in the same checkpoint. Frozen pretrained
             encoders stay outside (their weights come from their package).
+        mask_channels: 1 when the tumor mask is an input channel of the UNet.
+        gradient_checkpointing: recompute the UNet blocks' activations in the backward pass
+            (:func:`checkpoint_blocks`): less memory for the paper profile's SD-sized UNet.
     """
 
     def __init__(self, unet: nn.Module, scale_factor: float = 1.0, text_encoder: nn.Module | None = None,
-                 mask_channels: int = 0) -> None:
+                 mask_channels: int = 0, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         if mask_channels not in (0, 1):
             raise ValueError(f"mask_channels must be 0 or 1, got {mask_channels}")
-        self.unet = unet
+        self.unet = checkpoint_blocks(unet) if gradient_checkpointing else unet
         self.text_encoder = text_encoder
         self.mask_channels = int(mask_channels)
         self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
