@@ -26,7 +26,7 @@ to ``--json`` at the end), so a run cut short still reports what it reached. Abo
 
 Usage on the device machine (its python3 has torch and transformers; monai, pytorch-ignite,
 nibabel and diffusers with its importlib_metadata / lazy-importer travel as wheels in an ignored
-``.whl/``, the prepared data in an ignored ``.gpu_data/``; see /work/.library/device/README.md)::
+``.whl/``, the prepared data in an ignored ``.gpu_data/``)::
 
     busmonai prepare busi --root ../shared/data/Dataset_BUSI_with_GT --out .gpu_data/busi256 --size 256   # here
     busmonai prepare busi --root ../shared/data/Dataset_BUSI_with_GT --out .gpu_data/busi64 --size 64
