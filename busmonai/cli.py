@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from busmonai.clinical.classes import TUMOR_CLASSES
-from busmonai.errors import BusmonaiInputError, find_input_error
+from busmonai.errors import BusmonaiInputError, find_error, find_input_error
+from busmonai.files import write_json_atomic
 
 
 def _bbox(text: str) -> tuple[int, int, int, int]:
@@ -204,8 +205,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        if args.json.is_dir():
+            raise BusmonaiInputError(f"--json {args.json} is a folder; give a file name such as {args.json / 'result.json'}")
+        write_json_atomic(result, args.json)
         print(f"wrote {args.json}")
 
 
@@ -421,17 +423,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # a full or read-only disk, a missing folder, a permission
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or err}; check that the path exists and is writable and that the disk "
-              "has space", file=sys.stderr)
+        print(_os_error_message(err, args), file=sys.stderr)
         return 2
     except RuntimeError as err:  # MONAI wraps errors raised inside bundle configs
-        cause = find_input_error(err)
-        if cause is None:
+        cause, os_cause = find_input_error(err), find_error(err, OSError)
+        if cause is None and os_cause is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"error: {cause}" if cause is not None else _os_error_message(os_cause, args), file=sys.stderr)
         return 2
     return 0
+
+
+def _os_error_message(err: OSError, args: argparse.Namespace) -> str:
+    """``error: PATH: reason; fix``; PATH is the file the system named, else the command's output
+    (a write that fails with a full disk often names no file)."""
+    output = getattr(args, "out", None) or getattr(args, "json", None)
+    where = f"{err.filename}: " if err.filename else (f"{output} (the output): " if output else "")
+    return (f"error: {where}{err.strerror or err}; check that the path exists and is writable and that the disk "
+            "has space")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def user_mode(mode: int = 0o666) -> int:
 
 
 def write_json_atomic(data: Mapping[str, Any], path: str | Path) -> None:
-    """Write JSON through a temporary sibling and a rename, with the user's umask (0644 under 022)."""
+    """Write JSON through a temporary sibling, flushed to disk, and a rename, with the user's umask
+    (0644 under 022): ``path`` holds the old or the new JSON, never a part of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -66,6 +67,8 @@ def write_json_atomic(data: Mapping[str, Any], path: str | Path) -> None:
         with os.fdopen(handle, "w") as stream:
             json.dump(data, stream, indent=1, default=float)
             stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
         os.chmod(tmp, user_mode())
         os.replace(tmp, path)
     except BaseException:

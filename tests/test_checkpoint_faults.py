@@ -294,3 +294,26 @@ def test_bundle_stops_at_a_nan_loss_without_saving_it(datalist32: Path, tmp_path
     for name in saved:
         assert non_finite_entry(_load(out / name)) is None, name
     assert _load(out / "resume_checkpoint_iteration=4.pt")["trainer"]["iteration"] == 4
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a cache"])
+def test_a_damaged_latent_cache_is_encoded_again(damage: str, trained_autoencoder: Path, datalist32: Path,
+                                                 tmp_path: Path) -> None:
+    """``latents.pt`` is a cache: a damaged or foreign one is replaced with a warning, never a crash."""
+    from busmonai.data.dataset import datalist_split
+    from busmonai.engines.latents import cached_latents
+    from busmonai.networks.described import load_network
+
+    autoencoder = load_network(trained_autoencoder / "model.pt", "autoencoder_ckpt", "autoencoder")
+    items = datalist_split(datalist32, "training", image_size=32, keys=("image", "prompt"))
+    cache = tmp_path / "latents.pt"
+    fresh = cached_latents(autoencoder, trained_autoencoder / "model.pt", items, 32, cache, progress=False)
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[:100])
+    else:
+        torch.save({"model": {}}, cache)
+    with pytest.warns(UserWarning, match="latents.pt: .*encoding the images again"):
+        again = cached_latents(autoencoder, trained_autoencoder / "model.pt", items, 32, cache, progress=False)
+    assert torch.equal(again["latents"], fresh["latents"]) and again["fingerprint"] == fresh["fingerprint"]
+    assert torch.load(cache, weights_only=True)["fingerprint"] == fresh["fingerprint"]  # replaced, readable
+    assert [p.name for p in tmp_path.iterdir()] == ["latents.pt"]  # no temporary file left

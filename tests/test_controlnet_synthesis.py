@@ -93,6 +93,33 @@ def test_killed_and_restarted_generation_gives_same_files(trained_autoencoder: P
     assert json.loads((whole / "datalist.json").read_text()) == json.loads((parts / "datalist.json").read_text())
 
 
+def test_a_run_killed_before_its_plan_restarts_and_a_damaged_plan_is_named(
+        trained_autoencoder: Path, trained_ldm: Path, trained_controlnet: Path, datalist32: Path, tmp_path: Path) -> None:
+    from busmonai.synthesis.generate import PLAN_NAME
+
+    settings, models = _generation(trained_autoencoder, trained_ldm, trained_controlnet, datalist32, n=3)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    generate_dataset(whole, settings, models, progress=False, sheet=False)
+    # a kill after the masks were written and before plan.json: the folder holds only planned masks
+    (killed / "masks").mkdir(parents=True)
+    for mask in (whole / "masks").glob("*.png"):
+        shutil.copy(mask, killed / "masks" / mask.name)
+    generate_dataset(killed, settings, models, progress=False, sheet=False)
+    assert json.loads((killed / "datalist.json").read_text()) == json.loads((whole / "datalist.json").read_text())
+    # a plan damaged outside busmonai (plan.json is written atomically, so never by a kill): named as such
+    plan = killed / PLAN_NAME
+    plan.write_text(plan.read_text()[:40])
+    with pytest.raises(BusmonaiInputError, match="plan.json: not a readable generation plan"):
+        generate_dataset(killed, settings, models, progress=False, sheet=False)
+    # a masks folder holding a file generate does not name is somebody else's
+    other = tmp_path / "other"
+    (other / "masks").mkdir(parents=True)
+    (other / "masks" / "lesion_of_patient_3.png").write_bytes(b"x")
+    with pytest.raises(BusmonaiInputError, match="did not write"):
+        generate_dataset(other, settings, models, progress=False, sheet=False)
+    assert (other / "masks" / "lesion_of_patient_3.png").read_bytes() == b"x"
+
+
 def test_ratio_of_datalist_keeps_class_balance(trained_autoencoder: Path, trained_ldm: Path, trained_controlnet: Path,
                                                datalist32: Path, tmp_path: Path) -> None:
     real = json.loads(datalist32.read_text())["training"]

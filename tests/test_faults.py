@@ -309,20 +309,37 @@ _BAD_ITEMS = {
 }
 
 
-@pytest.mark.parametrize("reader", ["bundles", "metrics"])
+_BAD_ITEMS["missing mask"] = ({"image": "images/b.png", "class": "malignant"}, "'mask'")
+
+
+def _read_with(reader: str, path: Path) -> None:
+    """Read ``path`` the way one of the package's datalist readers does."""
+    from busmonai.data.dataset import datalist_split
+    from busmonai.metrics.sources import datalist_items
+    from busmonai.synthesis.generate import GenerationSettings, make_plan
+    from busmonai.synthesis.masks import fit_prior_from_datalist
+
+    if reader == "bundles":
+        datalist_split(path, "training", keys=("image", "mask"))
+    elif reader == "metrics":
+        datalist_items(path, "training", classes=None, keys=("image", "mask"))
+    elif reader == "generate masks":  # generate --mask-source real --datalist
+        make_plan(GenerationSettings(n=2, mask_source="real", datalist=str(path), image_size=32))
+    elif reader == "generate backgrounds":  # generate --background (tumor images as backgrounds)
+        make_plan(GenerationSettings(n=2, background=str(path), background_classes="tumor", image_size=32))
+    else:  # masks --datalist
+        fit_prior_from_datalist(path)
+
+
+@pytest.mark.parametrize("reader", ["bundles", "metrics", "generate masks", "generate backgrounds", "masks"])
 @pytest.mark.parametrize("case", list(_BAD_ITEMS))
 def test_a_bad_datalist_item_is_an_input_error_naming_it(case: str, reader: str, tmp_path: Path) -> None:
-    from busmonai.data.dataset import datalist_split
     from busmonai.errors import BusmonaiInputError
-    from busmonai.metrics.sources import datalist_items
 
     bad, key = _BAD_ITEMS[case]
     path = _datalist(tmp_path / "set", bad)
     with pytest.raises(BusmonaiInputError) as info:
-        if reader == "bundles":
-            datalist_split(path, "training", keys=("image", "mask"))
-        else:
-            datalist_items(path, "training", classes=None, keys=("image", "mask"))
+        _read_with(reader, path)
     message = str(info.value)
     assert str(path) in message and "item 1 of the 'training' split" in message and key in message, message
 
@@ -369,3 +386,43 @@ def test_a_decompression_bomb_is_an_input_error(width: int, height: int, phantom
         assert str(bomb) in str(info.value)
     assert main(["prepare", "busi", "--root", str(phantom_copy), "--out", str(tmp_path / "o"), "--size", "16"]) == 2
     assert str(bomb) in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("reader", ["generate masks", "masks"])
+def test_a_listed_mask_file_that_is_missing_is_an_input_error(reader: str, tmp_path: Path) -> None:
+    from busmonai.errors import BusmonaiInputError
+
+    path = _datalist(tmp_path / "set", {"image": "images/b.png", "mask": "masks/b.png", "class": "malignant"})
+    with pytest.raises(BusmonaiInputError) as info:
+        _read_with(reader, path)
+    assert str(tmp_path / "set" / "masks" / "a.png") in str(info.value) and "file not found" in str(info.value)
+
+
+def _bundle_run(tmp_path: Path, *args: str, **env: str) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    from bundle_runner import REPO
+
+    return subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                           str(REPO / "bundles/ldm/configs/train.json"), *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def test_a_bundle_runs_input_error_is_one_line_and_exit_2(trained_autoencoder: Path, datalist32: Path,
+                                                          tmp_path: Path) -> None:
+    """Under ``python -m monai.bundle run`` MONAI wraps the input error in its own exceptions; the
+    user sees the busmonai message alone (exit 2), and the traceback only when asking for it."""
+    import sys
+
+    from busmonai.errors import input_error_hook
+
+    args = ("--datalist", str(datalist32), "--output_dir", str(tmp_path / "ldm"), "--image_size", "32",
+            "--autoencoder_ckpt", str(tmp_path / "missing" / "model.pt"))
+    run = _bundle_run(tmp_path, *args)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "RuntimeError" not in run.stderr, run.stderr[-2000:]
+    assert f"error: {tmp_path / 'missing' / 'model.pt'}: checkpoint not found for 'autoencoder_ckpt'" in run.stderr
+    verbose = _bundle_run(tmp_path, *args, BUSMONAI_TRACEBACK="1")
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "BusmonaiInputError" in verbose.stderr
+    assert sys.excepthook is not input_error_hook  # importing busmonai elsewhere leaves the hook alone

@@ -21,6 +21,7 @@ RANK = {
     "synthesis": 4, "metrics": 4,
     "bundles": 5, "pipeline": 5, "experiments": 6, "demo": 6,
     "cli": 7,
+    "__init__": 8,  # the package itself: it installs the bundle-run error hook from errors
 }
 """Each room's place; equal ranks may not import each other unless they are the same room (except
 data / clinical / visualize, the shared bottom, bundles / pipeline, and the bottom I/O modules files /

@@ -92,6 +92,36 @@ def datalist_split(
     return kept
 
 
+def split_items(
+    datalist: str | Path,
+    split: str = "training",
+    classes: Sequence[str] = ALL_CLASSES,
+    required: Sequence[str] = ("image",),
+    allow_external: bool = False,
+) -> list[dict[str, Any]]:
+    """Whole items (every field, paths as written) of one split's ``classes``, each checked.
+
+    For readers that need an item's other fields (attributes, source names) besides its files:
+    every item of the split must be a JSON object; those of ``classes`` must carry ``required``
+    (not null) and file paths that stay inside the datalist's folder, as :func:`datalist_split`
+    checks. Paths are returned as written, relative to the datalist's folder.
+
+    Raises:
+        BusmonaiInputError: missing datalist, a split that is not a list, an item that is not an
+            object, a required key missing or null, a path that is not a string or leads outside;
+            item errors name the datalist, the split, the item's index and the key.
+    """
+    path = Path(datalist)
+    data = load_datalist(path)
+    kept: list[dict[str, Any]] = []
+    for index, item in _split_objects(path, data, split):
+        if item.get("class") in classes:
+            checked_item(path, item_place(index, split), item, required=required, paths=PATH_KEYS,
+                         allow_external=allow_external, fix="re-run 'busmonai prepare' or fix the datalist")
+            kept.append(item)
+    return kept
+
+
 def _split_objects(path: Path, data: Mapping[str, Any], split: str) -> list[tuple[int, dict[str, Any]]]:
     """``(index, item)`` of a split's list, every item checked to be a JSON object."""
     raw = data.get(split) or []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,13 +16,13 @@ def parse_fractions(text: str | Sequence[float]) -> tuple[float, float, float]:
     """Parse ``"0.8,0.0,0.2"`` (or a sequence) into three non-negative fractions summing to 1.
 
     Raises:
-        BusmonaiInputError: not three numbers, a negative one, or a sum other than 1.
+        BusmonaiInputError: not three numbers, a negative or non-finite one, or a sum other than 1.
     """
     try:
         values = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
     except ValueError as err:
         raise BusmonaiInputError(f"--split {text!r}: expected three numbers like 0.8,0.0,0.2") from err
-    if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
+    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
         raise BusmonaiInputError(
             f"--split {text!r}: expected three non-negative fractions (train, validation, test) "
             "summing to 1, like 0.8,0.0,0.2"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from busmonai.data.dataset import LoadPNGd
 from busmonai.errors import BusmonaiInputError
+from busmonai.checkpoint_io import write_checkpoint
 from busmonai.files import file_digest
 
 
@@ -72,10 +73,9 @@ def cached_latents(autoencoder: nn.Module, autoencoder_ckpt: str | Path, items: 
         raise BusmonaiInputError("no training images to encode; check the datalist and the selected classes")
     cache_path = Path(cache_path)
     fingerprint = _fingerprint(items, autoencoder_ckpt, image_size, flips, extra_keys)
-    if cache_path.is_file():
-        cached = torch.load(cache_path, map_location="cpu", weights_only=True)
-        if cached.get("fingerprint") == fingerprint:
-            return cached
+    cached = _read_cache(cache_path)
+    if cached is not None and cached.get("fingerprint") == fingerprint:
+        return cached
     latents = encode_items(autoencoder, items, image_size, device=device, flips=flips, progress=progress)
     std = float(latents.std())
     data = {
@@ -84,11 +84,25 @@ def cached_latents(autoencoder: nn.Module, autoencoder_ckpt: str | Path, items: 
         "scale_factor": 1.0 / std if std > 0 else 1.0,
         "fingerprint": fingerprint,
     }
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks encode side by side
-    torch.save(data, tmp)
-    tmp.replace(cache_path)
+    write_checkpoint(data, cache_path)  # one partial file per process: DDP ranks encode side by side
     return data
+
+
+def _read_cache(cache_path: Path) -> dict[str, Any] | None:
+    """The cached latents, or None when there are none or the file is not a latent cache (a
+    damaged or foreign file is only a cache: it is re-encoded and replaced, with a warning)."""
+    if not cache_path.exists():
+        return None
+    try:
+        cached = torch.load(cache_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        warnings.warn(f"{cache_path}: unreadable latent cache ({type(err).__name__}); encoding the images again",
+                      stacklevel=3)
+        return None
+    if not isinstance(cached, dict) or not {"latents", "index", "scale_factor", "fingerprint"} <= set(cached):
+        warnings.warn(f"{cache_path}: not a latent cache; encoding the images again", stacklevel=3)
+        return None
+    return cached
 
 
 class LatentDataset(torch.utils.data.Dataset):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,8 +48,8 @@ from busmonai.clinical.classes import NORMAL, TUMOR_CLASSES
 from busmonai.clinical.ellipse import EllipseMaskPrior, generate_ellipse_mask
 from busmonai.clinical.placement import TissueRegion
 from busmonai.clinical.prompts import CLASS_DEFAULTS, build_prompt
-from busmonai.data.imageio import save_png
-from busmonai.data.prepare import load_datalist
+from busmonai.data.dataset import split_items
+from busmonai.data.imageio import open_image, save_png
 from busmonai.errors import BusmonaiInputError
 from busmonai.files import write_json_atomic
 from busmonai.networks.io_check import latent_shape
@@ -122,8 +123,7 @@ class GenerationSettings:
 
 def _training_tumors(datalist_path: str) -> tuple[Path, list[dict[str, Any]]]:
     path = Path(datalist_path)
-    data = load_datalist(path)
-    items = [i for i in data["training"] if i.get("class") in TUMOR_CLASSES]
+    items = split_items(path, "training", TUMOR_CLASSES, required=("image", "mask"))
     if not items:
         raise BusmonaiInputError(f"{path}: no benign or malignant training items")
     return path.parent, items
@@ -139,14 +139,13 @@ def background_items(settings: GenerationSettings) -> tuple[Path, list[dict[str,
         BusmonaiInputError: no image of those classes, or no lesion mask to learn the region from.
     """
     path = Path(str(settings.background))
-    data = load_datalist(path)
     classes = BACKGROUND_CLASSES[settings.background_classes]
-    items = [i for i in data["training"] if i.get("class") in classes]
+    items = split_items(path, "training", classes, required=("image",))
     if not items:
         raise BusmonaiInputError(
             f"{path}: no {' or '.join(classes)} training images to use as backgrounds; BUSI's normal images are kept "
             "by 'busmonai prepare busi', or pass --background-classes tumor")
-    lesions = [i for i in data["training"] if i.get("class") in TUMOR_CLASSES and i.get("mask")]
+    lesions = split_items(path, "training", TUMOR_CLASSES, required=("image", "mask"))
     root = path.parent
     if not lesions and settings.datalist:
         root, lesions = _training_tumors(settings.datalist)
@@ -185,7 +184,7 @@ def _attribute_sampler(items: list[dict[str, Any]] | None) -> Any:
 
 def _load_real_mask(root: Path, item: dict[str, Any], size: int) -> np.ndarray:
     path = root / item["mask"]
-    mask = np.asarray(Image.open(path).convert("L"))
+    mask = np.asarray(open_image(path, fix="re-run 'busmonai prepare'").convert("L"))
     if mask.shape != (size, size):
         raise BusmonaiInputError(
             f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} px but generation runs at {size} px; "
@@ -302,18 +301,42 @@ def output_path(out: Path, relative: Any) -> Path:
     return target
 
 
+_PLANNED_MASK = re.compile(r"^(benign|malignant)_\d{5}\.png$")
+
+
+def _only_planned_masks(out: Path) -> bool:
+    """True if ``out`` holds nothing but a ``masks/`` folder of planned mask names: the first step
+    of a run stopped before it wrote ``plan.json``, which the same plan rewrites identically."""
+    entries = list(out.iterdir())
+    if [e.name for e in entries] != ["masks"] or not entries[0].is_dir() or entries[0].is_symlink():
+        return False
+    return all(f.is_file() and not f.is_symlink() and (_PLANNED_MASK.match(f.name) or f.name.startswith("."))
+               for f in entries[0].iterdir())
+
+
 def _check_output(out: Path, settings: GenerationSettings) -> bool:
     """True if ``out`` holds an unfinished or finished run with the same settings (resume)."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return False
     if not out.is_dir():
         raise BusmonaiInputError(f"--out {out} is a file; choose a folder")
-    try:
-        plan = json.loads((out / PLAN_NAME).read_text())
-    except (OSError, ValueError):
+    plan_path = out / PLAN_NAME
+    if not plan_path.exists():
+        if _only_planned_masks(out):  # an earlier run stopped between its masks and its plan
+            return False
         raise BusmonaiInputError(
-            f"--out {out} holds files that 'busmonai generate' did not write; choose an empty or new folder"
+            f"--out {out} holds files that 'busmonai generate' did not write (no {PLAN_NAME}); choose an empty or new folder"
+        )
+    try:
+        plan = json.loads(plan_path.read_text())
+    except (OSError, ValueError) as err:
+        raise BusmonaiInputError(
+            f"{plan_path}: not a readable generation plan ({err}); it was edited or damaged outside busmonai: "
+            "generate into a new folder"
         ) from None
+    if not isinstance(plan, dict):
+        raise BusmonaiInputError(f"{plan_path}: not a generation plan (a JSON {type(plan).__name__}); "
+                                 "generate into a new folder")
     previous = plan.get("settings", {})
     mine = asdict(settings)
     differing = sorted(k for k in set(previous) | set(mine) if previous.get(k) != mine.get(k))
@@ -349,7 +372,7 @@ def blend_regions(entries: list[dict[str, Any]], masks: list[np.ndarray], margin
     for entry, mask in zip(entries, masks):
         region = np.asarray(mask) > 0
         if entry.get("background_mask"):
-            region = region | (np.asarray(Image.open(entry["background_mask"]).convert("L")) > 127)
+            region = region | (np.asarray(open_image(entry["background_mask"]).convert("L")) > 127)
         if margin > 0:
             region = ndimage.binary_dilation(region, iterations=int(margin))
         regions.append(region)
@@ -477,10 +500,11 @@ def generate_dataset(out: str | Path, settings: GenerationSettings, models: Gene
                                  "or an LDM trained with the mask as input (bundles/ldm/configs/mask_input.json)")
     resuming = _check_output(out, settings)
     if resuming and (out / PLAN_NAME).is_file():
-        entries = json.loads((out / PLAN_NAME).read_text())["entries"]
+        entries = json.loads((out / PLAN_NAME).read_text()).get("entries")
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise BusmonaiInputError(f"{out / PLAN_NAME}: 'entries' is not a list of objects; generate into a new folder")
-        masks = [np.asarray(Image.open(output_path(out, e.get("mask"))).convert("L")) for e in entries]
+        masks = [np.asarray(open_image(output_path(out, e.get("mask")), fix="generate into a new folder").convert("L"))
+                 for e in entries]
     else:
         entries, masks = make_plan(settings, scmg_masks)
         for entry, mask in zip(entries, masks):

@@ -14,15 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 from busmonai.checkpoint_io import read_checkpoint
 from busmonai.clinical.bbox import mask_bbox, validate_bbox
 from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.clinical.ellipse import EllipseMaskPrior, generate_ellipse_mask
-from busmonai.data.imageio import save_png
-from busmonai.data.prepare import load_datalist
+from busmonai.data.dataset import split_items
+from busmonai.data.imageio import open_image, save_png
 from busmonai.errors import BusmonaiInputError
 from busmonai.files import atomic_directory
 from busmonai.networks.scmg import SCMGGenerator, binarize_masks, generate_soft_masks, sample_bboxes, tumor_type_index
@@ -37,12 +36,11 @@ DEFAULT_SCMG_CHECKPOINT = "runs/scmg/model.pt"
 def fit_prior_from_datalist(path: Path | str) -> EllipseMaskPrior:
     """Fit the ellipse prior (sizes, aspects) to the training masks of a datalist."""
     path = Path(path)
-    datalist = load_datalist(path)
     masks, labels = [], []
-    for item in datalist["training"]:
-        if item.get("class") in TUMOR_CLASSES:
-            masks.append(np.asarray(Image.open(path.parent / item["mask"])) > 127)
-            labels.append(item["class"])
+    for item in split_items(path, "training", TUMOR_CLASSES, required=("image", "mask")):
+        mask = open_image(path.parent / item["mask"], fix="re-run 'busmonai prepare'")
+        masks.append(np.asarray(mask.convert("L")) > 127)
+        labels.append(item["class"])
     if not set(TUMOR_CLASSES) <= set(labels):
         raise BusmonaiInputError(f"{path}: the training split needs benign and malignant masks to fit the prior")
     return EllipseMaskPrior.fit(masks, labels)

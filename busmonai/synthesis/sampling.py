@@ -55,7 +55,6 @@ def _with_zero_residuals(down: list[torch.Tensor], mid: torch.Tensor, zero_rows:
     return {"down_block_additional_residuals": [pad(r) for r in down], "mid_block_additional_residual": pad(mid)}
 
 
-@torch.no_grad()
 @dataclass
 class LatentInpainting:
     """Synthesise only inside a region and keep a real image elsewhere (RePaint without resampling).
