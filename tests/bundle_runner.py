@@ -20,6 +20,11 @@ TINY_SCMG = {"latent_dim": 8, "generator_channels": 8, "type_embed_dim": 4, "spa
 TINY_UNET = {"unet_channels": [8, 8, 16], "unet_norm_groups": 4, "unet_num_head_channels": [0, 0, 8]}
 
 
+def vocab_text_encoder(dim: int) -> dict[str, Any]:
+    """``text_encoder_arch`` override: the small learned word-level encoder of ``dim`` channels."""
+    return {"_target_": "busmonai.networks.text_encoders.VocabTextEncoder", "_mode_": "callable", "dim": dim}
+
+
 def run_bundle(configs: Sequence[str], **overrides: Any) -> Any:
     """Initialise and run ``configs`` (paths relative to the repo root) with ``overrides``; return
     the workflow so tests can inspect parsed components (``workflow.parser.get_parsed_content``)."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bundle_runner import (AE_TRAIN, LDM_TRAIN, TINY_AUTOENCODER, TINY_UNET, assert_both_ranks_stepped_rank0_wrote,
-                           is_input_error, ldm_overrides, run_bundle, run_torchrun)
+                           is_input_error, ldm_overrides, run_bundle, run_torchrun, vocab_text_encoder)
 from busmonai.errors import BusmonaiInputError
 
 
@@ -86,12 +86,12 @@ def test_ldm_resumes_and_reuses_latent_cache(trained_ldm: Path, datalist32: Path
 def test_ldm_with_learned_vocabulary_encoder(datalist32: Path, trained_autoencoder: Path, tmp_path: Path) -> None:
     out = tmp_path / "ldm_vocab"
     run_bundle([LDM_TRAIN], **ldm_overrides(datalist32, trained_autoencoder, out, max_epochs=1,
-                                             text_encoder_name="vocab", text_encoder_kwargs={"dim": 16}))
+                                             text_encoder_arch=vocab_text_encoder(16)))
     checkpoint = torch.load(out / "model.pt", weights_only=True)
     assert any(key.startswith("text_encoder.") for key in checkpoint["model"])
-    # the learned encoder is rebuilt from the record: name and options travel with the weights
-    assert checkpoint["arch"]["parts"]["text_encoder"]["name"] == "vocab"
-    assert checkpoint["arch"]["parts"]["text_encoder"]["options"] == {"dim": 16}
+    # the learned encoder is rebuilt from the record: its class and arguments travel with the weights
+    assert checkpoint["arch"]["parts"]["text_encoder"]["_target_"] == "busmonai.networks.text_encoders.VocabTextEncoder"
+    assert checkpoint["arch"]["parts"]["text_encoder"]["dim"] == 16
 
 
 def test_ldm_inference_grid_and_empty_prompt_error(trained_ldm: Path, trained_autoencoder: Path, tmp_path: Path) -> None:

@@ -16,12 +16,13 @@ from monai.bundle import ConfigParser
 from bundle_runner import REPO
 
 FIXED = {"spatial_dims", "_target_", "_mode_", "in_channels", "with_conditioning", "cross_attention_dim",
-         "image_size", "start_size", "pretrained_weights", "path", "options"}
+         "image_size", "start_size", "pretrained_weights", "path", "options", "model_dir"}
 """Arguments not perturbed: the data's own shape, and paths."""
 CASES = [
     # (config files, description key, settings that keep the build cheap and free of checkpoints)
     (["autoencoder/configs/train.json"], "network_arch", {}),
     (["ldm/configs/train.json"], "unet_arch", {"latent_channels": 4, "unet_arch#cross_attention_dim": 16}),
+    (["ldm/configs/train.json"], "minilm_text_encoder_arch", {}),
     (["segmentation/configs/train.json"], "network_arch", {}),
     (["segmentation/configs/train.json", "segmentation/configs/resunet.json"], "network_arch", {}),
     (["segmentation/configs/train.json", "segmentation/configs/attention_unet.json"], "network_arch", {}),

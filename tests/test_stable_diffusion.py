@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_runner import REPO
+from bundle_runner import REPO, vocab_text_encoder
 from monai.bundle import ConfigParser
 from monai.networks.nets import ControlNet, DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
@@ -360,7 +360,7 @@ def test_old_vae_attention_names_and_missing_weights(tiny: types.SimpleNamespace
 
 
 def test_bundle_settings_that_do_not_fit(tiny: types.SimpleNamespace) -> None:
-    with pytest.raises(BusmonaiInputError, match="text_encoder_name clip"):
+    with pytest.raises(BusmonaiInputError, match="clip_text_encoder_arch"):
         sd.unet_arch(tiny.root, like={"cross_attention_dim": 384})
     with pytest.raises(BusmonaiInputError, match="latent_channels"):
         sd.autoencoder_arch(tiny.root, like={"latent_channels": 8})
@@ -422,10 +422,10 @@ def test_ldm_paper_profile_builds_sd_unet_and_clip(tiny: types.SimpleNamespace, 
     assert model.unet.conv_in.conv.weight.shape[1] == 4
     parts = parser.get_parsed_content("architecture").parts
     assert parts["network"]["unet"]["use_flash_attention"] is True
-    assert parts["text_encoder"]["name"] == "clip" and Path(parts["text_encoder"]["path"]).is_absolute()
+    assert parts["text_encoder"]["_target_"] == "busmonai.networks.text_encoders.CLIPTextEncoder"
+    assert Path(parts["text_encoder"]["path"]).is_absolute()
     assert parser.get_parsed_content("warmup_steps") == 500 * parser.get_parsed_content("gradient_accumulation")
-    wrong = _paper("ldm", sd_path=str(tiny.root), autoencoder_ckpt=str(ae_ckpt), text_encoder_name="vocab",
-                   text_encoder_path=None, text_encoder_kwargs={"dim": 48})
+    wrong = _paper("ldm", sd_path=str(tiny.root), autoencoder_ckpt=str(ae_ckpt), text_encoder_arch=vocab_text_encoder(48))
     with pytest.raises(Exception) as error:
         wrong.get_parsed_content("network_def")
     assert "cross_attention_dim" in str(find_input_error(error.value))

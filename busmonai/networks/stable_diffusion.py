@@ -88,8 +88,8 @@ __all__ = [
 ]
 
 _HINTS = {
-    "cross_attention_dim": "use the CLIP text encoder of the same folder (text_encoder_name clip, text_encoder_path = "
-                           "sd_path; the paper profile does so when sd_path is set)",
+    "cross_attention_dim": "use the CLIP text encoder of the same folder (text_encoder_arch = @clip_text_encoder_arch "
+                           "with path = sd_path; the paper profile does so when sd_path is set)",
     "latent_channels": "set latent_channels to SD's (the paper profile's 4)",
     "out_channels": "the UNet predicts noise of the autoencoder's latent channels: use SD's VAE (4 channels)",
 }

@@ -506,7 +506,9 @@ class PromptEmbeddingCache:
 
 def build_text_encoder(name: str = "minilm", path: str | Path | None = None, options: Mapping[str, Any] | None = None,
                        **kwargs: Any) -> TextEncoder:
-    """Build a text encoder by name (the factory the bundle configs call).
+    """Build a text encoder by name: the reader of text-encoder records in checkpoints written
+    before the bundle configs named the encoder classes (``text_encoder_arch`` with ``_target_``
+    :class:`MiniLMTextEncoder`, :class:`CLIPTextEncoder` or :class:`VocabTextEncoder`, as configs do now).
 
     Args:
         name: ``"minilm"`` (default, frozen, offline), ``"clip"`` (frozen, needs ``path``) or
