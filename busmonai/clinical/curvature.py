@@ -76,7 +76,8 @@ generator output with no pixel above 0.5.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -269,19 +270,21 @@ def _correlate_np(img: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
     return ndimage.correlate1d(img, kernel, axis=axis, mode="constant", cval=0.0)
 
 
-def _curvature_from_canvas_np(canvas: np.ndarray, sigma: float) -> float:
-    g = gaussian_kernel(sigma)
-    s = _correlate_np(_correlate_np(canvas, g, 0), g, 1)
-    sx = _correlate_np(s, _D1, 1)
-    sy = _correlate_np(s, _D1, 0)
-    sxx = _correlate_np(s, _D2, 1)
-    syy = _correlate_np(s, _D2, 0)
-    sxy = _correlate_np(sx, _D1, 0)
-    num = np.abs(sxx * sy**2 - 2.0 * sx * sy * sxy + syy * sx**2)
+def _weighted_curvature(canvas: Any, g: Any, d1: Any, d2: Any, conv: Callable[[Any, Any, int], Any]) -> tuple[Any, Any]:
+    """Pixelwise ``(w * |kappa|, w)`` of a canonical canvas, ``w = band * |grad s|`` (the module
+    docstring's weighted mean is ``sum(w |kappa|) / sum(w)``); ``conv(x, kernel, axis)`` filters
+    one axis, so the same formula serves numpy arrays and torch tensors."""
+    s = conv(conv(canvas, g, 0), g, 1)
+    sx, sy = conv(s, d1, 1), conv(s, d1, 0)
+    sxx, syy, sxy = conv(s, d2, 1), conv(s, d2, 0), conv(sx, d1, 0)
+    num = abs(sxx * sy**2 - 2.0 * sx * sy * sxy + syy * sx**2)
     g2 = sx**2 + sy**2 + CURVATURE_EPS
     band = 4.0 * s * (1.0 - s)
-    weighted = band * num / g2  # = w * curvature with w = band * sqrt(g2)
-    weight = band * np.sqrt(g2)
+    return band * num / g2, band * g2**0.5  # |kappa| = num / g2**1.5
+
+
+def _curvature_from_canvas_np(canvas: np.ndarray, sigma: float) -> float:
+    weighted, weight = _weighted_curvature(canvas, gaussian_kernel(sigma), _D1, _D2, _correlate_np)
     return float(weighted.sum() / weight.sum())
 
 
@@ -393,19 +396,9 @@ def boundary_curvature_torch(
     def kern(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, dtype=dtype, device=device)
 
-    g, d1, d2 = kern(gaussian_kernel(sigma)), kern(_D1), kern(_D2)
-    x = canvas.unsqueeze(1)
-    s = _conv_axis(_conv_axis(x, g, 0), g, 1)
-    sx = _conv_axis(s, d1, 1)
-    sy = _conv_axis(s, d1, 0)
-    sxx = _conv_axis(s, d2, 1)
-    syy = _conv_axis(s, d2, 0)
-    sxy = _conv_axis(sx, d1, 0)
-    num = (sxx * sy**2 - 2.0 * sx * sy * sxy + syy * sx**2).abs()
-    g2 = sx**2 + sy**2 + CURVATURE_EPS
-    band = 4.0 * s * (1.0 - s)
-    weighted = (band * num / g2).flatten(1).sum(1)
-    weight = (band * torch.sqrt(g2)).flatten(1).sum(1)
+    weighted, weight = _weighted_curvature(canvas.unsqueeze(1), kern(gaussian_kernel(sigma)), kern(_D1), kern(_D2),
+                                           _conv_axis)
+    weighted, weight = weighted.flatten(1).sum(1), weight.flatten(1).sum(1)
     safe = torch.where(present, weight, torch.ones_like(weight))
     return torch.where(present, weighted / safe, torch.zeros_like(weighted))
 
