@@ -290,6 +290,22 @@ def test_sigterm_removes_the_unfinished_output_and_exits_143(tmp_path: Path, mon
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+@pytest.mark.parametrize("split", ["nan,0,0.2", "inf,0,0.2", "0.8,nan,0.2"])
+def test_a_non_finite_split_fraction_is_exit_2(split: str, phantom_source: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prepare", "busi", "--root", str(phantom_source), "--out", str(tmp_path / "o"), "--split", split]) == 2
+    assert "expected three non-negative fractions" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_json_into_a_folder_is_exit_2(datalist32: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    assert main(["evaluate", "curvature", str(datalist32), "--json", str(folder)]) == 2
+    assert f"--json {folder} is a folder" in capsys.readouterr().err and list(folder.iterdir()) == []
+
+
 def _datalist(folder: Path, bad: object) -> Path:
     import json
 
