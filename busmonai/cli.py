@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from busmonai.clinical.classes import TUMOR_CLASSES
-from busmonai.errors import BusmonaiInputError, find_error, find_input_error
+from busmonai.errors import BusmonaiInputError, find_error, find_input_error, os_error_message
 from busmonai.files import write_json_atomic
 
 
@@ -435,12 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _os_error_message(err: OSError, args: argparse.Namespace) -> str:
-    """``error: PATH: reason; fix``; PATH is the file the system named, else the command's output
-    (a write that fails with a full disk often names no file)."""
-    output = getattr(args, "out", None) or getattr(args, "json", None)
-    where = f"{err.filename}: " if err.filename else (f"{output} (the output): " if output else "")
-    return (f"error: {where}{err.strerror or err}; check that the path exists and is writable and that the disk "
-            "has space")
+    """``error: PATH: reason; fix``, naming the command's output when the system names no file."""
+    return f"error: {os_error_message(err, getattr(args, 'out', None) or getattr(args, 'json', None))}"
 
 
 if __name__ == "__main__":

@@ -46,20 +46,31 @@ def find_input_error(error: BaseException | None) -> BusmonaiInputError | None:
     return find_error(error, BusmonaiInputError)
 
 
+def os_error_message(error: OSError, output: object = None) -> str:
+    """``PATH: reason; fix`` for a file-system error; PATH is the file the system named, else
+    ``output`` (a command's output folder: a write that fails on a full disk often names no file)."""
+    where = f"{error.filename}: " if error.filename else (f"{output} (the output): " if output else "")
+    return f"{where}{error.strerror or error}; check that the path exists and is writable and that the disk has space"
+
+
 def _wants_traceback() -> bool:
     return os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
 
 
 def input_error_hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
     """``sys.excepthook`` for bundle runs: an uncaught exception with a :class:`BusmonaiInputError`
-    behind it prints ``error: <message>`` on stderr and exits with 2 (the CLI's contract), instead of
-    MONAI's chain of tracebacks around it; any other exception goes to the previous hook."""
-    found = None if _wants_traceback() else find_input_error(error)
+    or an ``OSError`` (a full or read-only disk, a missing folder) behind it prints
+    ``error: <message>`` on stderr and exits with 2 (the CLI's contract), instead of MONAI's chain
+    of tracebacks around it; any other exception goes to the previous hook."""
+    found: BaseException | None = None
+    if not _wants_traceback():
+        found = find_input_error(error) or find_error(error, OSError)
     if found is None:
         _previous_hook(kind, error, trace)
         return
+    message = str(found) if isinstance(found, BusmonaiInputError) else os_error_message(found)  # type: ignore[arg-type]
     sys.stdout.flush()
-    print(f"error: {found}\n(the full traceback: set {TRACEBACK_ENV}=1)", file=sys.stderr)
+    print(f"error: {message}\n(the full traceback: set {TRACEBACK_ENV}=1)", file=sys.stderr)
     logging.shutdown()
     sys.stderr.flush()
     os._exit(2)  # an excepthook cannot set the exit status otherwise; files are flushed above

@@ -99,3 +99,26 @@ def test_a_full_or_read_only_disk_is_exit_2_with_the_path(command: str, bad_disk
         assert main(argv) == 0 and (disk / "out" / "datalist.json").is_file()
         return
     assert left == ([_FILLER] if message.startswith("No space") else []), left  # no partial output left behind
+
+
+def test_a_bundle_run_onto_a_read_only_disk_is_one_line_and_exit_2(datalist32: Path, tmp_path: Path) -> None:
+    """``python -m monai.bundle run`` with ``output_dir`` on a read-only file system: the system's
+    message and the path, exit 2, not MONAI's traceback."""
+    import sys
+
+    from bundle_runner import REPO
+
+    disk = tmp_path / "disk"
+    reason = _mount(disk, "ro,size=64k")
+    if reason is not None:
+        pytest.skip(f"cannot mount a tmpfs here ({reason})")
+    try:
+        run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                              str(REPO / "bundles/autoencoder/configs/train.json"), "--datalist", str(datalist32),
+                              "--output_dir", str(disk / "ae"), "--image_size", "32", "--max_epochs", "1"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "Read-only file system" in run.stderr and str(disk) in run.stderr
