@@ -188,10 +188,46 @@ def test_classifier_evaluate_reloads_best_checkpoint(classifier_run: tuple[Path,
     assert all(torch.equal(saved[k], v.cpu()) for k, v in network.state_dict().items())
     result = json.loads((out / "test_metrics.json").read_text())
     test = result["test"]
-    assert {"auc", "f1", "accuracy", "sensitivity", "specificity"} <= set(test)
+    assert {"auc", "f1", "f1_tuned", "accuracy", "sensitivity", "specificity"} <= set(test)
     tumors = [i for i in json.loads(data["real"].read_text())["test"] if i["class"] in ("benign", "malignant")]
     assert test["n"] == len(tumors) and test["counts"] == class_counts(tumors)
     assert result["checkpoint"].endswith("model.pt")
+    # F1 at the threshold that maximises it on the training run's own validation holdout, never on test
+    validation = workflow.parser.get_parsed_content("validation_items")
+    assert validation and not {i["image"] for i in validation} & {i["image"] for i in
+                                                                 workflow.parser.get_parsed_content("sets")["test"]}
+    assert result["f1_threshold"] == workflow.parser.get_parsed_content("tuned_threshold")
+    assert result["f1_threshold_from"] == "validation" and 0.0 <= result["f1_threshold"] <= 1.0
+
+
+class _FixedProbabilities(torch.nn.Module):
+    """A "classifier" whose malignant probability for image k is ``probabilities[k]`` (read from the
+    image's first pixel, which holds k)."""
+
+    def __init__(self, probabilities: list[float]) -> None:
+        super().__init__()
+        self.p = torch.tensor(probabilities)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p[(x[:, 0, 0, 0] * 255).round().long()]
+        return torch.stack([torch.log1p(-p), torch.log(p)], dim=1)
+
+
+def test_f1_threshold_on_known_probabilities(tmp_path: Path) -> None:
+    from busmonai.engines.downstream import f1_threshold
+
+    probabilities = [0.1, 0.35, 0.4, 0.8, 0.3, 0.6]
+    labels = [0, 1, 1, 1, 0, 0]
+    items = []
+    for k, label in enumerate(labels):
+        image = np.zeros((8, 8), np.uint8)
+        image[0, 0] = k
+        Image.fromarray(image).save(tmp_path / f"{k}.png")
+        items.append({"image": str(tmp_path / f"{k}.png"), "label": label, "class": ("benign", "malignant")[label]})
+    # >= 0.35: tp 3, predicted 4 (0.35, 0.4, 0.8, 0.6), F1 6/7; >= 0.4: tp 2, predicted 3, F1 4/6; >= 0.3: 6/8
+    assert f1_threshold(_FixedProbabilities(probabilities), items, ["image"]) == pytest.approx(0.35)
+    with pytest.raises(BusmonaiInputError, match="no class 1"):
+        f1_threshold(_FixedProbabilities(probabilities), [i for i in items if i["label"] == 0], ["image"])
 
 
 def test_classifier_with_lt_genaug_adaptive_sampler(data: dict[str, Path], tmp_path: Path) -> None:

@@ -54,7 +54,8 @@ from typing import Any
 
 from busmonai.bundles import bundle_config, run_config
 
-PRIMARY = {"classification": ("auc", "f1"), "segmentation": ("dice",)}
+PRIMARY = {"classification": ("auc", "f1", "f1_tuned"), "segmentation": ("dice",)}
+"""Metrics tabled per task; ``f1_tuned``: F1 at the threshold that maximises it on the validation split."""
 DEFAULT_NETWORK = {"classification": "efficientnet_b0", "segmentation": "unet"}
 GOAL = {"auc": 0.02, "dice": 0.01}
 ADAPTIVE = "adaptive"

@@ -189,6 +189,17 @@ def read_record(path: str | Path, key: str, stage: str) -> tuple[dict[str, Any],
     return dict(record), state
 
 
+def recorded_settings(path: str | Path, key: str, stage: str) -> dict[str, Any]:
+    """The training settings a stage's checkpoint records (``image_size``; the classifier's
+    validation ``holdout`` and ``seed``), so that later steps use what the training used.
+
+    Raises:
+        BusmonaiInputError: see :func:`read_record`.
+    """
+    record, _ = read_record(path, key, stage)
+    return dict(record.get("settings") or {})
+
+
 def part_description(path: str | Path, key: str, stage: str, part: str = "network") -> dict[str, Any]:
     """The description of one part of a stage's checkpoint (to read its sizes).
 
