@@ -494,3 +494,26 @@ def test_added_synthetic_keeps_the_steps_and_the_real_passes(task: str, data: di
     batch = next(iter(sampler))
     real = [k for k in batch if not items[k].get("synthetic")]
     assert len(real) == 4 and len(batch) - len(real) == sum(sampler.counts.values()) == 4
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_fixed_schedule_decays_over_the_step_budget_and_keeps_the_last_model(task: str, data: dict[str, Path],
+                                                                             tmp_path: Path) -> None:
+    """``fixed_schedule.json``: cosine decay over every optimizer step, ``model.pt`` = the final weights
+    (not the best validation checkpoint); a time budget is refused."""
+    configs, tiny = ((CLS, TINY_CLS) if task == "classification" else (SEG, TINY_SEG))
+    files = [f"{configs}/train.json", f"{configs}/fixed_schedule.json"]
+    out = tmp_path / "run"
+    workflow = run_bundle(files, datalist=str(data["real"]), output_dir=str(out), max_epochs=3, max_minutes=0,
+                          lr=0.01, val_interval=1, **tiny)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    steps = workflow.parser.get_parsed_content("schedule_iterations")
+    assert trainer.state.iteration == steps == 3 * len(workflow.parser.get_parsed_content("train#dataloader"))
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine to zero at the end
+    saved = torch.load(out / "model.pt", weights_only=True)["model"]
+    final = workflow.parser.get_parsed_content("network").state_dict()
+    assert all(torch.equal(saved[k], v.cpu()) for k, v in final.items())
+    with pytest.raises(Exception) as error:
+        run_bundle(files, datalist=str(data["real"]), output_dir=str(tmp_path / "timed"), max_epochs=3, max_minutes=1,
+                   **tiny)
+    assert is_input_error(error.value, "needs a step budget")

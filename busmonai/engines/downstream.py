@@ -57,6 +57,25 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def fixed_schedule_iterations(max_epochs: int, epoch_length: int, max_minutes: float) -> int:
+    """Length of ``fixed_schedule.json``'s cosine learning-rate schedule: every optimizer step of a
+    run with a step budget (``max_epochs`` x iterations per epoch), so that every arm of a sweep
+    decays alike and the last checkpoint is the model.
+
+    Raises:
+        BusmonaiInputError: a time budget (``max_minutes`` > 0), which would cut the schedule anywhere.
+    """
+    if max_minutes and float(max_minutes) > 0:
+        raise BusmonaiInputError(
+            f"fixed_schedule.json decays the learning rate over max_epochs ({max_epochs}) and keeps the last checkpoint: "
+            f"it needs a step budget, not a time budget (max_minutes {max_minutes}); pass --max_minutes 0"
+        )
+    if max_epochs < 1 or epoch_length < 1:
+        raise BusmonaiInputError(f"fixed_schedule.json needs max_epochs >= 1 and a non-empty training set "
+                                 f"(max_epochs {max_epochs}, {epoch_length} iterations per epoch)")
+    return int(max_epochs) * int(epoch_length)
+
+
 def evaluate_sets(
     network: nn.Module,
     sets: Mapping[str, Sequence[Mapping[str, Any]]],

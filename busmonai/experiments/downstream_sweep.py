@@ -108,12 +108,13 @@ def load_results(path: Path) -> list[dict[str, Any]]:
 
 
 def train_configs(task: str, network: str, augment: str = "none", adaptive: bool = False,
-                  added: bool = False) -> list[Path]:
+                  added: bool = False, fixed_schedule: bool = False) -> list[Path]:
     """The bundle's config files of one arm, merged in order: ``train.json``; for segmentation the
     network's override file (``attention_unet.json``, ``resunet.json``, ``unetplusplus.json``; the
     UNet is ``train.json``'s own); ``ordinary_augmentation.json``; ``adaptive_sampler.json``, or
     ``added_synthetic.json`` (synthetic images added to each batch of real ones, so that every arm
-    takes the same steps and passes over the real images).
+    takes the same steps and passes over the real images); ``fixed_schedule.json`` (cosine decay
+    over the step budget, the last checkpoint evaluated instead of the best on validation).
 
     Raises:
         BusmonaiInputError: a segmenter without an override file.
@@ -126,7 +127,8 @@ def train_configs(task: str, network: str, augment: str = "none", adaptive: bool
         if not override.is_file():
             known = sorted(p.stem for p in override.parent.glob("*.json")
                            if p.stem not in ("train", "evaluate", "inference", "metadata", "paper", "multi_gpu_train",
-                                             "ordinary_augmentation"))
+                                             "ordinary_augmentation", "fixed_schedule", "added_synthetic",
+                                             "adaptive_sampler"))
             raise BusmonaiInputError(f"--networks {network}: no {override}; use unet or one of {', '.join(known)}")
         configs.append(override)
     if augment == "ordinary":
@@ -135,6 +137,8 @@ def train_configs(task: str, network: str, augment: str = "none", adaptive: bool
         configs.append(bundle_config(task, "adaptive_sampler.json"))
     elif added:
         configs.append(bundle_config(task, "added_synthetic.json"))
+    if fixed_schedule:
+        configs.append(bundle_config(task, "fixed_schedule.json"))
     return configs
 
 
@@ -156,7 +160,7 @@ def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, a
         train["max_epochs"] = 100000
     start = time.perf_counter()
     added = args.protocol == "added" and ratio > 0
-    run_config(train_configs(args.task, network, augment, token == ADAPTIVE, added), **train)
+    run_config(train_configs(args.task, network, augment, token == ADAPTIVE, added, args.schedule == "fixed"), **train)
     trained = json.loads((cell_dir / "metrics.json").read_text())
     evaluate = {**{k: v for k, v in common.items() if k in args.eval_keys or k in ("image_size", "network_name",
                                                                                        "seed", "output_dir")},
@@ -172,6 +176,7 @@ def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, a
     return {
         "cell": cell_key(args.task, network, token, seed), "task": args.task, "network": network, "ratio": token,
         "ratio_value": ratio, "augment": augment, "seed": seed, "minutes": args.minutes, "image_size": args.image_size,
+        "protocol": args.protocol, "schedule": args.schedule,
         "iterations": trained.get("iterations"), "epochs": trained.get("epochs"),
         "train_seconds": trained.get("seconds"), "seconds": round(time.perf_counter() - start, 1),
         "best_validation": trained.get("best_metric"), "training_counts": trained.get("training_counts"),
@@ -339,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mixed: synthetic items join the training list (an epoch grows with the ratio); added: "
                              "each batch of real items gets R times as many synthetic ones, so with --max-epochs N "
                              "and --minutes 0 every arm takes the same steps and real passes")
+    parser.add_argument("--schedule", choices=("best", "fixed"), default="best",
+                        help="best: constant learning rate, the checkpoint best on validation; fixed: cosine decay over "
+                             "--max-epochs (with --minutes 0) and the last checkpoint")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--external", action="append", default=[], help="external datalist (segmentation)")
     parser.add_argument("--out", default="runs/sweep", help="output folder (results.jsonl, cells, plots)")
