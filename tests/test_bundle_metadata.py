@@ -62,7 +62,9 @@ def test_configs_parse_and_macros_resolve(config: Path, monkeypatch: pytest.Monk
     if config.name in OVERRIDES:
         base = ConfigParser(ConfigParser.load_config_file(config.parent / "train.json"))
         for key in ConfigParser.load_config_file(config):
-            if "#" in key:
+            if key.startswith("+"):  # MONAI's merge key: extends the list (or dict) train.json has
+                assert key[1:] in base, f"{config.name} extends {key[1:]} but train.json has no {key[1:]}"
+            elif "#" in key:
                 parent = key.rsplit("#", 1)[0]
                 assert parent in base, f"{config.name} overrides {key} but train.json has no {parent}"
 
