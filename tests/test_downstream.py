@@ -517,3 +517,30 @@ def test_fixed_schedule_decays_over_the_step_budget_and_keeps_the_last_model(tas
         run_bundle(files, datalist=str(data["real"]), output_dir=str(tmp_path / "timed"), max_epochs=3, max_minutes=1,
                    **tiny)
     assert is_input_error(error.value, "needs a step budget")
+
+
+def test_pretrain_arm_trains_on_synthetic_then_fine_tunes_from_those_weights(data: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    from busmonai.experiments import downstream_sweep as sweep
+    from busmonai.networks.described import initialised, load_network
+
+    assert sweep.parse_token("pretrain") == ("pretrain", 0.0, "none")
+    assert sweep.parse_token("pretrain+ordinary") == ("pretrain+ordinary", 0.0, "ordinary")
+    argv = ["--task", "segmentation", "--datalist", str(data["real"]), "--synthetic", str(data["synthetic"]),
+            "--ratios", "pretrain", "--seeds", "0", "--minutes", "0", "--max-epochs", "1", "--image-size", "32",
+            "--out", str(tmp_path / "sweep"), "--set", "batch_size=4", "--set", "seg_channels=[4,8,8]"]
+    assert sweep.main(argv) == 0
+    cell = tmp_path / "sweep" / "segmentation" / "unet" / "rpretrain" / "s0"
+    pretrained = json.loads((cell / "pretrain" / "metrics.json").read_text())["training_counts"]
+    fine_tuned = json.loads((cell / "metrics.json").read_text())["training_counts"]
+    assert pretrained["real"] == {} and sum(pretrained["synthetic"].values()) > 0  # synthetic images alone
+    assert fine_tuned["synthetic"] == {} and sum(fine_tuned["real"].values()) > 0  # then the real ones
+    # the fine-tuning starts from the pretrained weights
+    fresh = load_network(cell / "pretrain" / "model.pt", "init_ckpt", "segmentation", weights=False)
+    start = initialised(fresh, cell / "pretrain" / "model.pt", "init_ckpt", "segmentation")
+    saved = torch.load(cell / "pretrain" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[k], v) for k, v in start.state_dict().items())
+    with pytest.raises(Exception) as error:  # the override file without a synthetic datalist
+        run_bundle([f"{SEG}/train.json", f"{SEG}/pretrain_synthetic.json"], datalist=str(data["real"]),
+                   output_dir=str(tmp_path / "bad"), max_epochs=1, **TINY_SEG)
+    assert is_input_error(error.value, "pass --synthetic_datalist")

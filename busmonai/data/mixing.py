@@ -221,7 +221,7 @@ def real_items(
 
 
 def synthetic_items(
-    datalist: str | Path,
+    datalist: str | Path | None,
     classes: Sequence[str] = TUMOR_CLASSES,
     image_size: int | None = None,
     keys: Sequence[str] = ("image", "label"),
@@ -232,6 +232,8 @@ def synthetic_items(
     Raises:
         BusmonaiInputError: missing datalist, other image size, no item of ``classes``.
     """
+    if not datalist:
+        raise BusmonaiInputError("no synthetic datalist: pass --synthetic_datalist (the datalist 'busmonai generate' wrote)")
     data = load_datalist(datalist)
     pool: list[dict[str, Any]] = []
     for split in SPLITS:

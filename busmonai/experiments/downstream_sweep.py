@@ -16,7 +16,9 @@ Ratio tokens: ``0`` (real only), ``ordinary`` (real only + ordinary augmentation
 (``0.25``, ``0.5``, ``1``, ``2``), a percentage (``25%``) or CP's ``1:k``, and ``R+ordinary``
 (synthetic plus augmentation), and ``adaptive`` (classification: LT-GenAug's class-adaptive
 sampler, ``bundles/classification/configs/adaptive_sampler.json``, drawing from the whole
-synthetic datalist). Re-running with the same ``--out`` skips finished cells; a cell
+synthetic datalist), and ``pretrain`` / ``pretrain+ordinary`` (the network trained on the synthetic
+images alone with the cell's budget, ``pretrain_synthetic.json``, then fine-tuned on the real ones with
+the same budget from those weights, ``init_ckpt``). Re-running with the same ``--out`` skips finished cells; a cell
 that was interrupted is trained again from scratch, so every cell gets the same time budget.
 
 Real BUSI sweep (the issue's "must show"; 64 px, one network per task, three seeds, 5 minutes
@@ -59,12 +61,14 @@ PRIMARY = {"classification": ("auc", "f1", "f1_tuned"), "segmentation": ("dice",
 DEFAULT_NETWORK = {"classification": "efficientnet_b0", "segmentation": "unet"}
 GOAL = {"auc": 0.02, "dice": 0.01}
 ADAPTIVE = "adaptive"
-LABELS = {"0": "real only", "ordinary": "ordinary aug.", ADAPTIVE: "adaptive"}
+PRETRAIN = "pretrain"
+LABELS = {"0": "real only", "ordinary": "ordinary aug.", ADAPTIVE: "adaptive", PRETRAIN: "pretrain on syn.",
+          f"{PRETRAIN}+ordinary": "pretrain + ord."}
 
 
 def uses_synthetic(token: str, ratio: float) -> bool:
-    """True if the cell draws synthetic images (a ratio > 0 or the adaptive sampler)."""
-    return ratio > 0 or token == ADAPTIVE
+    """True if the cell draws synthetic images (a ratio > 0, the adaptive sampler, pretraining)."""
+    return ratio > 0 or token == ADAPTIVE or token.startswith(PRETRAIN)
 
 
 def parse_token(token: str) -> tuple[str, float, str]:
@@ -80,6 +84,8 @@ def parse_token(token: str) -> tuple[str, float, str]:
         return "ordinary", 0.0, "ordinary"
     if text.endswith("+ordinary"):
         text, augment = text[: -len("+ordinary")], "ordinary"
+    if text == PRETRAIN:  # pretrain on the synthetic images alone, then fine-tune on the real ones
+        return PRETRAIN + ("+ordinary" if augment == "ordinary" else ""), 0.0, augment
     ratio = parse_ratio(text)
     if ratio == 0 and augment == "ordinary":
         return "ordinary", 0.0, "ordinary"
@@ -160,7 +166,13 @@ def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, a
         train["max_epochs"] = 100000
     start = time.perf_counter()
     added = args.protocol == "added" and ratio > 0
-    run_config(train_configs(args.task, network, augment, token == ADAPTIVE, added, args.schedule == "fixed"), **train)
+    configs = train_configs(args.task, network, augment, token == ADAPTIVE, added, args.schedule == "fixed")
+    if token.startswith(PRETRAIN):  # the same budget on the synthetic images first, then on the real ones
+        pretrain_dir = cell_dir / "pretrain"
+        run_config([*configs, bundle_config(args.task, "pretrain_synthetic.json")],
+                   **{**train, "output_dir": str(pretrain_dir)})
+        train = {**train, "synthetic_datalist": None, "init_ckpt": str(pretrain_dir / "model.pt")}
+    run_config(configs, **train)
     trained = json.loads((cell_dir / "metrics.json").read_text())
     evaluate = {**{k: v for k, v in common.items() if k in args.eval_keys or k in ("image_size", "network_name",
                                                                                        "seed", "output_dir")},

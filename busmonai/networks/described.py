@@ -200,6 +200,21 @@ def recorded_settings(path: str | Path, key: str, stage: str) -> dict[str, Any]:
     return dict(record.get("settings") or {})
 
 
+def initialised(network: nn.Module, path: str | Path | None, key: str, stage: str) -> nn.Module:
+    """``network`` with the weights of a same-stage checkpoint when ``path`` is given (fine-tuning a
+    network pretrained elsewhere, e.g. on synthetic images), else unchanged.
+
+    Raises:
+        BusmonaiInputError: see :func:`read_record`; weights that do not fit ``network``.
+    """
+    if not path:
+        return network
+    from busmonai.checkpoint_io import fit_state_dict
+
+    _, state = read_record(path, key, stage)
+    return fit_state_dict(network, dict(state[MODEL_ENTRY]), path, key)
+
+
 def part_description(path: str | Path, key: str, stage: str, part: str = "network") -> dict[str, Any]:
     """The description of one part of a stage's checkpoint (to read its sizes).
 
