@@ -123,7 +123,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         "mask_guidance": args.mask_guidance, "conditioning_scale": args.conditioning_scale, "steps": args.steps,
         "seed": args.seed, "batch_size": args.batch_size, "image_size": args.image_size,
         "background": absolute(args.background), "background_classes": args.background_classes,
-        "blend_margin": args.blend_margin, "filter_segmenter_ckpt": absolute(args.filter),
+        "blend_margin": args.blend_margin, "blend": args.blend, "filter_segmenter_ckpt": absolute(args.filter),
         "filter_classifier_ckpt": absolute(args.filter_classifier), "filter_min_dice": args.filter_min_dice,
         "filter_min_class_prob": args.filter_min_class_prob, "filter_pool": args.filter_pool,
     }
@@ -328,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="normal images (default), or tumor images whose lesion is erased and replaced")
     p.add_argument("--blend-margin", type=bounded(int, 0, 64), default=3,
                    help="px the synthesised region extends around the mask (default 3)")
+    p.add_argument("--blend", choices=("latent", "pixel"), default="latent",
+                   help="latent: the real latent put back after every denoising step (default); pixel: only the "
+                        "final pixel composite (the seam comparison's baseline)")
     p.add_argument("--filter", type=Path, default=None, metavar="SEGMENTER_MODEL_PT",
                    help="keep only images whose lesion a segmenter trained on real images finds at the mask")
     p.add_argument("--filter-classifier", type=Path, default=None, metavar="CLASSIFIER_MODEL_PT",

@@ -69,13 +69,15 @@ def _checkpoints(autoencoder: Path, ldm: Path) -> list[str]:
     return args
 
 
-def test_generate_into_normal_images_keeps_the_real_pixels(trained_autoencoder: Path, trained_ldm: Path,
+@pytest.mark.parametrize("blend", ["latent", "pixel"])
+def test_generate_into_normal_images_keeps_the_real_pixels(blend: str, trained_autoencoder: Path, trained_ldm: Path,
                                                            datalist32: Path, tmp_path: Path) -> None:
     from busmonai.synthesis.generate import blend_regions
 
     out = tmp_path / "bg"
     assert main(["generate", "--out", str(out), "--n", "4", "--datalist", str(datalist32), "--background",
-                 str(datalist32), "--blend-margin", "2", *_checkpoints(trained_autoencoder, trained_ldm)]) == 0
+                 str(datalist32), "--blend-margin", "2", "--blend", blend,
+                 *_checkpoints(trained_autoencoder, trained_ldm)]) == 0
     data = json.loads((out / "datalist.json").read_text())
     entries = data["training"]
     assert len(entries) == 4 and data["settings"]["background"] == str(datalist32.resolve())
@@ -193,3 +195,52 @@ def test_a_filter_classifier_needs_a_segmenter(trained_autoencoder: Path, traine
     assert "needs --filter SEGMENTER_MODEL_PT" in capsys.readouterr().err
     assert main(["generate", "--out", str(tmp_path / "b"), "--n", "2", "--filter", str(tmp_path / "seg.pt"), *args]) == 2
     assert "filter_segmenter_ckpt" in capsys.readouterr().err
+
+
+def test_latent_blending_and_pixel_paste_differ_only_inside_the_region(trained_autoencoder: Path, trained_ldm: Path,
+                                                                        datalist32: Path, tmp_path: Path) -> None:
+    """The same plan with --blend latent and --blend pixel: the same masks and backgrounds, other
+    pixels inside the region (the latent run denoises it in the real tissue's context)."""
+    outs = {}
+    for blend in ("latent", "pixel"):
+        outs[blend] = tmp_path / blend
+        assert main(["generate", "--out", str(outs[blend]), "--n", "4", "--datalist", str(datalist32), "--background",
+                     str(datalist32), "--blend", blend, *_checkpoints(trained_autoencoder, trained_ldm)]) == 0
+    latent, pixel = (json.loads((outs[b] / "datalist.json").read_text())["training"] for b in ("latent", "pixel"))
+    assert [(e["background"], e["bbox"]) for e in latent] == [(e["background"], e["bbox"]) for e in pixel]
+    assert any(not np.array_equal(np.asarray(Image.open(outs["latent"] / a["image"])),
+                                  np.asarray(Image.open(outs["pixel"] / b["image"]))) for a, b in zip(latent, pixel))
+
+
+def test_seam_ratio_on_known_images() -> None:
+    from busmonai.errors import BusmonaiInputError
+    from busmonai.metrics.seams import boundary_ring, seam_ratio
+
+    rng = np.random.default_rng(0)
+    background = rng.normal(100, 10, (32, 32))
+    region = _disc(32, 16, 16, 6) > 0
+    assert seam_ratio(background, background, region) == pytest.approx(1.0)  # nothing pasted: seamless
+    pasted = background.copy()
+    pasted[region] = 200.0  # a flat bright patch: a hard edge on the ring
+    assert seam_ratio(pasted, background, region) > 3.0
+    ring = boundary_ring(region)
+    assert ring.sum() > 0 and not (ring & ~region).any() and ring.sum() < region.sum()
+    with pytest.raises(BusmonaiInputError, match="no boundary"):
+        seam_ratio(background, background, np.zeros((32, 32), bool))
+    with pytest.raises(BusmonaiInputError, match="shapes differ"):
+        seam_ratio(background, background[:16], region)
+
+
+def test_the_seam_comparison_runs_both_blends_on_one_plan(trained_autoencoder: Path, trained_ldm: Path,
+                                                          datalist32: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from busmonai.experiments.seam_comparison import main as seams
+
+    out = tmp_path / "seams"
+    assert seams(["--autoencoder-ckpt", str(trained_autoencoder / "model.pt"), "--ldm-ckpt",
+                  str(trained_ldm / "model.pt"), "--datalist", str(datalist32), "--n", "4", "--steps", "2",
+                  "--image-size", "32", "--mode", "text", "--out", str(out)]) == 0
+    report = json.loads((out / "seams.json").read_text())
+    assert set(report["methods"]) == {"latent", "pixel"}
+    assert all(row["seam_ratio"]["n"] == 4 and row["seam_ratio"]["mean"] > 0 for row in report["methods"].values())
+    assert (out / "seams.png").is_file() and "seam ratio" in capsys.readouterr().out

@@ -64,6 +64,11 @@ FILTER_NAME = "filter.json"
 DATALIST_NAME = "datalist.json"
 SHEET_NAME = "sheet.png"
 MODES = ("full", "text", "mask")
+BLENDS = ("latent", "pixel")
+"""How a real background joins the synthesised region: ``latent``, the real latent put back after
+every denoising step (RePaint without resampling, i.e. latent blending) and the real pixels composed
+outside after decoding; ``pixel``, the sample drawn freely and only the final pixel composite (a
+naive paste, the baseline the seam comparison measures against)."""
 MASK_SOURCES = ("real", "ellipse", "scmg")
 ATTRIBUTE_DEFAULT_PROBABILITY = 0.75
 """Without a datalist, the class's typical attribute is drawn with this probability."""
@@ -92,6 +97,7 @@ class GenerationSettings:
     background: str | None = None
     background_classes: str = "normal"
     blend_margin: int = 3
+    blend: str = "latent"
     filter: dict[str, Any] | None = None
 
     def validate(self) -> None:
@@ -117,6 +123,8 @@ class GenerationSettings:
         if self.background_classes not in BACKGROUND_CLASSES:
             raise BusmonaiInputError(f"--background-classes {self.background_classes!r}: use one of "
                                      f"{', '.join(BACKGROUND_CLASSES)}")
+        if self.blend not in BLENDS:
+            raise BusmonaiInputError(f"--blend {self.blend!r}: use one of {', '.join(BLENDS)}")
         if not 0 <= int(self.blend_margin) <= self.image_size // 4:
             raise BusmonaiInputError(f"--blend-margin {self.blend_margin}: use 0 to {self.image_size // 4} px")
 
@@ -337,7 +345,7 @@ def _check_output(out: Path, settings: GenerationSettings) -> bool:
     if not isinstance(plan, dict):
         raise BusmonaiInputError(f"{plan_path}: not a generation plan (a JSON {type(plan).__name__}); "
                                  "generate into a new folder")
-    previous = plan.get("settings", {})
+    previous = {**asdict(GenerationSettings()), **plan.get("settings", {})}  # a setting added later: its default
     mine = asdict(settings)
     differing = sorted(k for k in set(previous) | set(mine) if previous.get(k) != mine.get(k))
     if plan.get("producer") != PRODUCER or differing:
@@ -409,9 +417,10 @@ def _generate_batch(models: GenerationModels, settings: GenerationSettings, entr
     if entries and entries[0].get("background"):  # a real image outside the (dilated) lesion region
         backgrounds = _backgrounds(entries, settings.image_size).to(device)
         regions = torch.from_numpy(blend_regions(entries, masks, settings.blend_margin)).float()[:, None].to(device)
-        known = models.autoencoder.encode(backgrounds)[0] * models.ldm.scale_factor
-        inpaint = LatentInpainting(known, F.adaptive_max_pool2d(regions, known.shape[-2:]),
-                                   seeded_noise(latent_shape, [e["seed"] + 1 for e in entries], device))
+        if settings.blend == "latent":
+            known = models.autoencoder.encode(backgrounds)[0] * models.ldm.scale_factor
+            inpaint = LatentInpainting(known, F.adaptive_max_pool2d(regions, known.shape[-2:]),
+                                       seeded_noise(latent_shape, [e["seed"] + 1 for e in entries], device))
     latents = ddim_sample(models.ldm, scheduler, noise, context, guidance=guidance, controlnet=controlnet,
                           control=control, conditioning_scale=settings.conditioning_scale,
                           mask_guidance=mask_guidance if control is not None else None, inpaint=inpaint)
