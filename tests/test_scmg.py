@@ -174,3 +174,29 @@ def test_inference_unknown_tumor_type(trained: Path, tmp_path: Path) -> None:
         run_bundle([INFERENCE], output_dir=str(tmp_path / "x"), scmg_ckpt=str(trained / "model.pt"),
                    image_size=SIZE, labels=["borderline"], n_per_type=1)
     assert is_input_error(info.value, "unknown tumor type 'borderline'")
+
+
+def test_mode_seeking_loss_rewards_masks_that_follow_their_noise() -> None:
+    from busmonai.engines.scmg import mode_seeking_loss
+
+    z, z_other = torch.zeros(4, 8), torch.ones(4, 8)
+    same = torch.full((4, 1, 8, 8), 0.5)
+    apart = torch.zeros(4, 1, 8, 8)
+    apart[:, :, :, :4] = 1.0  # mean |difference| 0.5 against the same noise distance 1
+    assert float(mode_seeking_loss(same, same, z, z_other)) > 1e4  # one mask for two noises: heavily penalised
+    assert float(mode_seeking_loss(same + 0.5 * (apart - 0.5).sign(), same, z, z_other)) == pytest.approx(2.0, rel=1e-3)
+    fake = same.clone().requires_grad_(True)
+    mode_seeking_loss(fake, apart, z, z_other).backward()
+    assert fake.grad is not None and float(fake.grad.abs().sum()) > 0
+
+
+def test_bundle_trains_with_the_mode_seeking_term(datalist32: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scmg_ms"
+    run_bundle([TRAIN], datalist=str(datalist32), output_dir=str(out), image_size=SIZE, max_epochs=1, batch_size=4,
+               mode_seeking_weight=1.0, **TINY)
+    logged = (out / "metrics.json").read_text()
+    assert "ms_loss" in json.loads(logged) and json.loads(logged)["ms_loss"] > 0
+    with pytest.raises(Exception) as error:
+        run_bundle([TRAIN], datalist=str(datalist32), output_dir=str(tmp_path / "bad"), image_size=SIZE, max_epochs=1,
+                   batch_size=4, mode_seeking_weight=-1.0, **TINY)
+    assert is_input_error(error.value, "mode_seeking_weight must be >= 0")

@@ -236,13 +236,15 @@ class SCMGTrainer(Trainer):
         d_branch_weights: ``(spatial, Fourier)`` weights of the discriminator's branches in the
             gradient of ``L_adv^G`` and ``L_cls^G`` (None, the default: ``(1, 1)``; the loss
             values and the discriminator's own training are unchanged).
+        mode_seeking_weight: weight of :func:`mode_seeking_loss` (0, the default, the paper's
+            losses; above 0 each iteration also generates a second mask per sample from other noise).
         seed: seed of the trainer's noise generator.
         train_handlers: Ignite handlers to attach.
         **kwargs: passed to ``monai.engines.Trainer``.
 
     The iteration output holds floats ``loss`` (= ``g_loss``), ``g_loss``, ``d_loss``,
-    ``adv_loss``, ``cls_loss``, ``cur_loss``, ``rect_loss``, ``kappa`` (mean generated
-    curvature) and ``d_type_acc`` (type-head accuracy on the real masks).
+    ``adv_loss``, ``cls_loss``, ``cur_loss``, ``rect_loss``, ``ms_loss`` (0 when the term is off),
+    ``kappa`` (mean generated curvature) and ``d_type_acc`` (type-head accuracy on the real masks).
     """
 
     def __init__(
@@ -260,6 +262,7 @@ class SCMGTrainer(Trainer):
         rect_weight: float = 0.3,
         cur_class_weights: Sequence[float] | None = None,
         d_branch_weights: Sequence[float] | None = None,
+        mode_seeking_weight: float = 0.0,
         seed: int = 0,
         train_handlers: Sequence[Any] | None = None,
         **kwargs: Any,
@@ -267,6 +270,9 @@ class SCMGTrainer(Trainer):
         kwargs.setdefault("decollate", False)
         super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader,
                          handlers=train_handlers, **kwargs)
+        if not float(mode_seeking_weight) >= 0:
+            raise BusmonaiInputError(f"mode_seeking_weight must be >= 0, got {mode_seeking_weight}")
+        self.mode_seeking_weight = float(mode_seeking_weight)
         self.generator = generator
         self.discriminator = discriminator
         self.g_optimizer = g_optimizer
@@ -338,12 +344,32 @@ class SCMGTrainer(Trainer):
         # generator
         engine.g_optimizer.zero_grad(set_to_none=True)
         terms = engine.generator_losses(fake, maps, types)
+        if engine.mode_seeking_weight > 0:  # a second mask per sample, same type and rectangle, other noise
+            z_other = torch.randn(real.shape[0], latent_dim, generator=engine.noise).to(device)
+            terms["ms_loss"] = mode_seeking_loss(fake, engine.generator(z_other, types, maps), z, z_other)
+            terms["g_loss"] = terms["g_loss"] + engine.mode_seeking_weight * terms["ms_loss"]
+        else:
+            terms["ms_loss"] = torch.zeros(())
         terms["g_loss"].backward()
         engine.g_optimizer.step()
         accuracy = (type_logits[: len(real)].argmax(1) == types).float().mean()
         out = {key: float(value.detach()) for key, value in terms.items()}
         out.update(loss=out["g_loss"], d_loss=float(d_loss.detach()), d_type_acc=float(accuracy))
         return out
+
+
+def mode_seeking_loss(fake: torch.Tensor, other: torch.Tensor, z: torch.Tensor, z_other: torch.Tensor,
+                      eps: float = 1e-5) -> torch.Tensor:
+    """Mode-seeking regulariser (Mao et al., "Mode Seeking Generative Adversarial Networks for
+    Diverse Image Synthesis", CVPR 2019): two masks generated for the same type and rectangle from
+    noises ``z`` and ``z_other`` should differ in proportion to their noises,
+
+    ``L_ms = 1 / (mean|G(z) - G(z')| / mean|z - z'| + eps)``,
+
+    so a generator that ignores its noise (one mask per rectangle) pays for it.
+    """
+    ratio = (fake - other).abs().mean() / (z - z_other).abs().mean().clamp_min(eps)
+    return 1.0 / (ratio + eps)
 
 
 @torch.no_grad()

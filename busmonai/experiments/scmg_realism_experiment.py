@@ -57,8 +57,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "spatial_only": {"d_branch_weights": [1.0, 0.0]},
     "fourier_only": {"d_branch_weights": [0.0, 1.0]},
     "combined": {"bbox_map_blur": 0.03, "aug_rotate_deg": 15.0, "aug_scale": 0.1, "cur_class_weights": [1.0, 2.0]},
+    "mode_seeking": {"mode_seeking_weight": 1.0},
 }
 """Variant name -> bundle overrides (the defaults of ``train.json`` are the baseline)."""
+ELLIPSE = "ellipse"
+"""The row of the elliptic masks (``busmonai masks --method ellipse --bbox RECT``): nothing to train."""
 
 
 def train(name: str, overrides: dict[str, Any], datalist: Path, folder: Path, minutes: float, image_size: int,
@@ -89,15 +92,17 @@ def training_rectangles(datalist: Path, rects: int, seed: int) -> dict[str, list
     return out
 
 
-def draw(checkpoint: Path, rectangles: dict[str, list[list[int]]], out: Path, size: int, seeds: int,
+def draw(checkpoint: Path | None, rectangles: dict[str, list[list[int]]], out: Path, size: int, seeds: int,
          seed: int) -> int:
-    """``busmonai masks --method scmg --bbox RECT --n SEEDS`` per rectangle, one folder each."""
+    """``busmonai masks --method scmg --bbox RECT --n SEEDS`` per rectangle, one folder each
+    (``--method ellipse`` when ``checkpoint`` is None)."""
     from busmonai.synthesis.masks import write_masks
 
     n = 0
+    method = "ellipse" if checkpoint is None else "scmg"
     for cls, boxes in rectangles.items():
         for index, box in enumerate(boxes):
-            write_masks("scmg", cls, seeds, out / f"{cls}_{index + 1:04d}", size=size, seed=seed + index,
+            write_masks(method, cls, seeds, out / f"{cls}_{index + 1:04d}", size=size, seed=seed + index,
                         bbox=tuple(box), checkpoint=checkpoint, progress=False)
             n += seeds
     return n
@@ -165,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datalist", type=Path, required=True, help="a prepared datalist (64 px for the cpu profile)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "scmg_realism", help="output folder")
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget of each variant (default 8)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)} "
+                        f"and {ELLIPSE} (the elliptic masks, nothing trained)")
     parser.add_argument("--seeds", type=int, default=2, help="masks per training rectangle (default 2)")
     parser.add_argument("--rects", type=int, default=0, help="training rectangles per class (default 0: all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -176,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         names = [n.strip() for n in args.variants.split(",") if n.strip()]
-        unknown = [n for n in names if n not in VARIANTS]
+        unknown = [n for n in names if n not in VARIANTS and n != ELLIPSE]
         if unknown or not names:
-            raise BusmonaiInputError(f"--variants: unknown {unknown or 'empty'}; choose from {', '.join(VARIANTS)}")
+            raise BusmonaiInputError(f"--variants: unknown {unknown or 'empty'}; choose from "
+                                     f"{', '.join([*VARIANTS, ELLIPSE])}")
         if args.seeds < 2:
             raise BusmonaiInputError(f"--seeds {args.seeds}: the diversity needs at least 2 masks per rectangle")
         datalist = args.datalist.resolve()
@@ -197,19 +204,22 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             folder = (args.out / name).resolve()
             run_dir = folder / "run"
-            if args.skip_training:
+            overrides = {} if name == ELLIPSE else {**common, **VARIANTS[name]}
+            if name == ELLIPSE:
+                training: dict[str, Any] = {"iterations": 0}
+            elif args.skip_training:
                 training = json.loads((run_dir / "metrics.json").read_text())
             else:
-                training = train(name, {**common, **VARIANTS[name]}, datalist, run_dir, args.minutes, size, args.threads)
+                training = train(name, overrides, datalist, run_dir, args.minutes, size, args.threads)
             masks = folder / "masks"
             if masks.exists():  # this script's own folder: stale rectangles of an earlier run go
                 shutil.rmtree(masks)
             start = time.perf_counter()
-            n = draw(run_dir / "model.pt", rectangles, masks, size, args.seeds, args.seed)
+            n = draw(None if name == ELLIPSE else run_dir / "model.pt", rectangles, masks, size, args.seeds, args.seed)
             result = evaluate(datalist, masks, folder, args.seed, args.threads)
             print(f"  {name}: {training.get('iterations')} iterations, {n} masks drawn and evaluated in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
-            results[name] = {"overrides": {**common, **VARIANTS[name]}, "training": training, "realism": result}
+            results[name] = {"overrides": overrides, "training": training, "realism": result}
             rows.append(summary_row(name, training, result))
         print_table(rows, next(iter(results.values()))["realism"])
         table = {"settings": vars(args) | {"datalist": str(datalist), "out": str(args.out)}, "rows": rows,
