@@ -439,6 +439,28 @@ def test_a_bundle_runs_input_error_is_one_line_and_exit_2(trained_autoencoder: P
     assert run.returncode == 2, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and "RuntimeError" not in run.stderr, run.stderr[-2000:]
     assert f"error: {tmp_path / 'missing' / 'model.pt'}: checkpoint not found for 'autoencoder_ckpt'" in run.stderr
-    verbose = _bundle_run(tmp_path, *args, BUSMONAI_TRACEBACK="1")
-    assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "BusmonaiInputError" in verbose.stderr
     assert sys.excepthook is not input_error_hook  # importing busmonai elsewhere leaves the hook alone
+
+
+def test_the_bundle_run_hook_passes_other_errors_and_shows_tracebacks_on_request(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import busmonai.errors as errors
+
+    passed: list[BaseException] = []
+    monkeypatch.setattr(errors, "_previous_hook", lambda kind, error, trace: passed.append(error))
+    monkeypatch.setattr(errors.os, "_exit", lambda code: passed.append(SystemExit(code)))
+    wrapped = RuntimeError("Failed to evaluate ConfigExpression")
+    wrapped.__cause__ = errors.BusmonaiInputError("x.json: not found; pass --datalist")
+    errors.input_error_hook(RuntimeError, wrapped, None)
+    assert isinstance(passed[-1], SystemExit) and passed[-1].code == 2
+    assert "error: x.json: not found; pass --datalist" in capsys.readouterr().err
+    disk = RuntimeError("Failed to evaluate")
+    disk.__cause__ = OSError(28, "No space left on device", "/out/model.pt")
+    errors.input_error_hook(RuntimeError, disk, None)
+    assert passed[-1].code == 2 and "error: /out/model.pt: No space left on device" in capsys.readouterr().err
+    bug = KeyError("a bug")
+    errors.input_error_hook(KeyError, bug, None)
+    assert passed[-1] is bug  # not an input or disk error: the normal traceback
+    monkeypatch.setenv(errors.TRACEBACK_ENV, "1")
+    errors.input_error_hook(RuntimeError, wrapped, None)
+    assert passed[-1] is wrapped  # BUSMONAI_TRACEBACK=1: the whole traceback

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -228,15 +229,31 @@ def test_one_swapped_tensor_breaks_equivalence(tiny: types.SimpleNamespace, inpu
     assert not equivalent(*_outputs(part, _swapped(network, a, b), tiny, inputs))
 
 
-def _outputs(part: str, network: nn.Module, tiny: types.SimpleNamespace, i: types.SimpleNamespace) -> tuple:
-    """(ours, diffusers') for one part: the tensors every equivalence test compares."""
+def _ours(part: str, network: nn.Module, i: types.SimpleNamespace) -> Any:
+    """Our network's side of :func:`_outputs`."""
     if part == "unet":
-        return unet_pair(network, tiny.unet, i)
+        return network(i.latent, timesteps=i.timesteps, context=i.context)
+    if part == "vae":
+        return vae_outputs(network, i.image, i.latent)
+    down, mid = network(i.latent, timesteps=i.timesteps, controlnet_cond=i.mask, context=i.context)
+    return [*down, mid]
+
+
+def _theirs(part: str, tiny: types.SimpleNamespace, i: types.SimpleNamespace) -> Any:
+    """The diffusers reference's side of :func:`_outputs`."""
+    if part == "unet":
+        return tiny.unet(i.latent, i.timesteps, encoder_hidden_states=i.context).sample
     if part == "vae":
         ref = vae_outputs(None, i.image.repeat(1, 3, 1, 1), i.latent, tiny.vae)
-        return vae_outputs(network, i.image, i.latent), [*ref[:2], ref[2].mean(1, keepdim=True)]
-    (down, mid), (ref_down, ref_mid) = controlnet_pair(network, tiny.control, i)
-    return [*down, mid], [*ref_down, ref_mid]
+        return [*ref[:2], ref[2].mean(1, keepdim=True)]
+    ref_down, ref_mid = tiny.control(i.latent, i.timesteps, encoder_hidden_states=i.context,
+                                     controlnet_cond=i.mask.repeat(1, 3, 1, 1), return_dict=False)
+    return [*ref_down, ref_mid]
+
+
+def _outputs(part: str, network: nn.Module, tiny: types.SimpleNamespace, i: types.SimpleNamespace) -> tuple:
+    """(ours, diffusers') for one part: the tensors every equivalence test compares."""
+    return _ours(part, network, i), _theirs(part, tiny, i)
 
 
 @pytest.mark.parametrize("part", ["unet", "vae", "controlnet"])
@@ -247,14 +264,16 @@ def test_every_converted_tensor_reaches_the_compared_outputs(tiny: types.SimpleN
     network = {"unet": lambda: sd.unet(tiny.root), "vae": lambda: sd.autoencoder(tiny.root, image_channels=1),
                "controlnet": lambda: sd.controlnet(tiny.controlnet_dir)}[part]().eval()
     state = {key: value.clone() for key, value in network.state_dict().items()}
-    assert equivalent(*_outputs(part, network, tiny, inputs))
-    unchecked = []
-    for key, value in state.items():
-        order = torch.randperm(value.numel(), generator=torch.Generator().manual_seed(0))
-        scrambled = value.flatten()[order].reshape(value.shape) if value.numel() > 1 else value + 0.5
-        network.load_state_dict({**state, key: scrambled})
-        if equivalent(*_outputs(part, network, tiny, inputs)) and not key.endswith("attn.to_k.bias"):
-            unchecked.append(key)
+    with torch.no_grad():
+        reference = _theirs(part, tiny, inputs)  # the reference does not change: computed once
+        assert equivalent(_ours(part, network, inputs), reference)
+        unchecked = []
+        for key, value in state.items():
+            order = torch.randperm(value.numel(), generator=torch.Generator().manual_seed(0))
+            scrambled = value.flatten()[order].reshape(value.shape) if value.numel() > 1 else value + 0.5
+            network.load_state_dict({**state, key: scrambled})
+            if equivalent(_ours(part, network, inputs), reference) and not key.endswith("attn.to_k.bias"):
+                unchecked.append(key)
     assert not unchecked
 
 
