@@ -4,7 +4,8 @@ Every check on files, datalists, configs and command-line values raises
 :class:`BusmonaiInputError` with a message that names the offending file or key and says how to
 fix it. The CLI turns it into ``error: <message>`` on stderr and exit code 2, never a traceback;
 under ``python -m monai.bundle run`` (and ``torchrun -m monai.bundle``) :func:`install_bundle_run_hook`
-does the same for an input error that MONAI's config parser wrapped in its own exceptions.
+does the same for an input error, or a file-system error, that MONAI's config parser wrapped in its
+own exceptions.
 """
 
 from __future__ import annotations
