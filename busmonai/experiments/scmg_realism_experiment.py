@@ -58,6 +58,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fourier_only": {"d_branch_weights": [0.0, 1.0]},
     "combined": {"bbox_map_blur": 0.03, "aug_rotate_deg": 15.0, "aug_scale": 0.1, "cur_class_weights": [1.0, 2.0]},
     "mode_seeking": {"mode_seeking_weight": 1.0},
+    "mode_seeking_0.2": {"mode_seeking_weight": 0.2},
 }
 """Variant name -> bundle overrides (the defaults of ``train.json`` are the baseline)."""
 ELLIPSE = "ellipse"
