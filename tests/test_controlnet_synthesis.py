@@ -165,6 +165,12 @@ def test_bad_inputs(trained_autoencoder: Path, trained_ldm: Path, trained_contro
     bad = [a if a != str(trained_ldm / "model.pt") else str(other_ldm / "model.pt") for a in args]
     assert main(["generate", "--out", str(tmp_path / "b"), "--n", "2", *bad]) == 2
     assert "trained on the LDM checkpoint" in capsys.readouterr().err
+    # a truncated LDM checkpoint is named as unreadable, not reported as a ControlNet / LDM mismatch
+    whole = (trained_ldm / "model.pt").read_bytes()
+    (other_ldm / "model.pt").write_bytes(whole[: len(whole) // 2])
+    assert main(["generate", "--out", str(tmp_path / "c"), "--n", "2", *bad]) == 2
+    err = capsys.readouterr().err
+    assert f"{other_ldm / 'model.pt'}: not a readable checkpoint for 'ldm_ckpt'" in err and "trained on" not in err
 
 
 def test_real_masks_must_be_binary_and_of_image_size(trained_autoencoder: Path, trained_ldm: Path,
