@@ -11,11 +11,11 @@ import busmonai.demo as demo
 from busmonai.cli import main
 
 
-def test_demo_one_minute_writes_report(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+def test_demo_half_a_minute_writes_report(tmp_path: Path, capfd: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(demo, "DEMO_STEPS", 4)  # every step still runs; 4 DDIM steps instead of 20 keep the test short
     out = tmp_path / "demo"
-    assert main(["demo", "--minutes", "1", "--out", str(out)]) == 0
+    assert main(["demo", "--minutes", "0.5", "--out", str(out)]) == 0
     printed = capfd.readouterr()  # file-descriptor level: MONAI's loggers keep the stdout of import time
     lines = printed.out.strip().splitlines()
     assert "report.md" in lines[-1]
