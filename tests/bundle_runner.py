@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -58,7 +59,11 @@ def run_torchrun(configs: Sequence[str], overrides: Mapping[str, Any], cwd: Path
         args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
     files = "[" + ",".join(f"'{REPO / c}'" for c in configs) + "]"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle",
+    with socket.socket() as probe:  # a free rendezvous port: tests run side by side under pytest -n 2
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                           "-m", "monai.bundle",
                            "run", "--config_file", files, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
 
