@@ -290,13 +290,17 @@ def test_augmentation_keeps_orientation_and_box(prepared64: Path) -> None:
 
 
 def test_the_realism_experiment_has_an_elliptic_row_without_training(datalist32: Path, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from busmonai.experiments.scmg_realism_experiment import main as experiment
 
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "realism"
     assert experiment(["--datalist", str(datalist32), "--variants", "ellipse", "--seeds", "2", "--rects", "2",
                        "--threads", "1", "--out", str(out)]) == 0
-    table = json.loads((out / "table.json").read_text())
+    text = (out / "table.json").read_text()
+    assert str(tmp_path) not in text and '"out": "realism"' in text  # paths below the working folder: relative
+    table = json.loads(text)
     assert [row["variant"] for row in table["rows"]] == ["ellipse"] and table["rows"][0]["iterations"] == 0
     assert not (out / "ellipse" / "run").exists() and (out / "ellipse" / "realism.png").is_file()
     assert experiment(["--datalist", str(datalist32), "--variants", "ellipse,nonsense", "--out", str(out)]) == 2

@@ -46,6 +46,7 @@ import numpy as np
 
 from busmonai.clinical.classes import TUMOR_CLASSES
 from busmonai.errors import BusmonaiInputError
+from busmonai.files import write_json_atomic
 
 from busmonai.bundles import REPO_ROOT as REPO
 CLASSES = TUMOR_CLASSES
@@ -76,6 +77,19 @@ def train(name: str, overrides: dict[str, Any], datalist: Path, folder: Path, mi
     record = train_stage("scmg", folder.parent, datalist, minutes=minutes, output_dir=folder, process=True,
                          overrides={"image_size": image_size, **overrides})
     return {**record["metrics"], "wall_seconds": record["seconds"]}
+
+
+def relative_to_cwd(value: Any) -> Any:
+    """``value`` (JSON data) with every absolute path below the working directory written relative
+    to it, so that a table made with relative arguments names no machine's folders."""
+    cwd = Path.cwd().resolve()
+    if isinstance(value, dict):
+        return {k: relative_to_cwd(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_to_cwd(v) for v in value]
+    if isinstance(value, str) and value.startswith("/") and Path(value).is_relative_to(cwd):
+        return str(Path(value).relative_to(cwd))
+    return value
 
 
 def training_rectangles(datalist: Path, rects: int, seed: int) -> dict[str, list[list[int]]]:
@@ -235,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         print_table(rows, next(iter(results.values()))["realism"])
         table = {"settings": vars(args) | {"datalist": str(datalist), "out": str(args.out)}, "rows": rows,
                  "variants": results}
-        (args.out / "table.json").write_text(json.dumps(table, indent=1, default=str) + "\n")
+        table = json.loads(json.dumps(table, default=str))
+        write_json_atomic(relative_to_cwd(table), args.out / "table.json")
         print(f"wrote {args.out / 'table.json'}")
     except BusmonaiInputError as err:
         print(f"error: {err}", file=sys.stderr)
