@@ -507,6 +507,8 @@ def test_fixed_schedule_decays_over_the_step_budget_and_keeps_the_last_model(tas
     workflow = run_bundle(files, datalist=str(data["real"]), output_dir=str(out), max_epochs=3, max_minutes=0,
                           lr=0.01, val_interval=1, **tiny)
     trainer = workflow.parser.get_parsed_content("train#trainer")
+    savers = [h for h in workflow.parser.get_parsed_content("validate#handlers") if hasattr(h, "_key_metric_checkpoint")]
+    assert savers and all(h._key_metric_checkpoint is None for h in savers)  # no best-on-validation model.pt
     steps = workflow.parser.get_parsed_content("schedule_iterations")
     assert trainer.state.iteration == steps == 3 * len(workflow.parser.get_parsed_content("train#dataloader"))
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine to zero at the end
@@ -535,7 +537,9 @@ def test_pretrain_arm_trains_on_synthetic_then_fine_tunes_from_those_weights(dat
     fine_tuned = json.loads((cell / "metrics.json").read_text())["training_counts"]
     assert pretrained["real"] == {} and sum(pretrained["synthetic"].values()) > 0  # synthetic images alone
     assert fine_tuned["synthetic"] == {} and sum(fine_tuned["real"].values()) > 0  # then the real ones
-    # the fine-tuning starts from the pretrained weights
+    # the fine-tuning starts from the pretrained weights: the sweep passes them, the bundle loads them
+    assert json.loads((cell / "metrics.json").read_text())["init_ckpt"] == str(cell / "pretrain" / "model.pt")
+    assert json.loads((cell / "pretrain" / "metrics.json").read_text())["init_ckpt"] is None
     fresh = load_network(cell / "pretrain" / "model.pt", "init_ckpt", "segmentation", weights=False)
     start = initialised(fresh, cell / "pretrain" / "model.pt", "init_ckpt", "segmentation")
     saved = torch.load(cell / "pretrain" / "model.pt", weights_only=True)["model"]

@@ -197,10 +197,11 @@ def test_a_filter_classifier_needs_a_segmenter(trained_autoencoder: Path, traine
     assert "filter_segmenter_ckpt" in capsys.readouterr().err
 
 
-def test_latent_blending_and_pixel_paste_differ_only_inside_the_region(trained_autoencoder: Path, trained_ldm: Path,
+def test_latent_blending_and_pixel_paste_share_the_plan_and_differ(trained_autoencoder: Path, trained_ldm: Path,
                                                                         datalist32: Path, tmp_path: Path) -> None:
     """The same plan with --blend latent and --blend pixel: the same masks and backgrounds, other
-    pixels inside the region (the latent run denoises it in the real tissue's context)."""
+    images (the latent run denoises the region in the real tissue's context); that both keep the real
+    pixels outside is checked above."""
     outs = {}
     for blend in ("latent", "pixel"):
         outs[blend] = tmp_path / blend
