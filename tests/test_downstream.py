@@ -444,6 +444,57 @@ def test_sweep_runs_resumes_and_prints_tables(data: dict[str, Path], tmp_path: P
     assert "classification bundle only" in capsys.readouterr().err
 
 
+def test_named_synthetic_sources_share_one_sweep(data: dict[str, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``--synthetic NAME=DATALIST`` and ``NAME:TOKEN``: each arm trains on its own source, all arms
+    land in one results file, the tables and the paired differences name the source."""
+    from busmonai.experiments import downstream_sweep as sweep
+
+    assert sweep.split_source("filtered:1+ordinary") == ("filtered", "1+ordinary")
+    assert sweep.split_source("1:2") == (None, "1:2") and sweep.split_source("2") == (None, "2")
+    assert sweep.parse_token("bg:1:2") == ("bg:2", 2.0, "none")
+    assert sweep.parse_token("bg:50%+ordinary") == ("bg:0.5+ordinary", 0.5, "ordinary")
+    assert sweep.parse_token("bg:pretrain") == ("bg:pretrain", 0.0, "none")
+    assert sweep.token_label("bg:0.5+ordinary") == "bg R=0.5+ordinary" and sweep.token_label("0") == "real only"
+    with pytest.raises(BusmonaiInputError, match="uses no synthetic images"):
+        sweep.parse_token("bg:ordinary")
+    assert sweep.parse_synthetic(["a.json", "bg=b.json"]) == {None: "a.json", "bg": "b.json"}
+    for bad, text in ((["bg=a.json", "bg=b.json"], "given twice"), (["=a.json"], "NAME=DATALIST"),
+                      (["bg="], "NAME=DATALIST")):
+        with pytest.raises(BusmonaiInputError, match=text):
+            sweep.parse_synthetic(bad)
+    series = sweep.plot_series(["0", "ordinary", "1", "bg:0.5", "bg:1+ordinary", "bg:pretrain", "adaptive"])
+    assert series == {"synthetic": [(0.0, "0"), (1.0, "1")], "bg": [(0.0, "0"), (0.5, "bg:0.5")],
+                      "bg + ordinary": [(0.0, "ordinary"), (1.0, "bg:1+ordinary")]}
+
+    import shutil
+
+    half = json.loads(data["synthetic"].read_text())
+    half["training"] = half["training"][::2]  # a second source: every other synthetic image
+    for folder in ("images", "masks"):
+        shutil.copytree(data["synthetic"].parent / folder, tmp_path / "half" / folder)
+    (tmp_path / "half" / "datalist.json").write_text(json.dumps(half))
+    argv = ["--task", "classification", "--datalist", str(data["real"]), "--synthetic", str(data["synthetic"]),
+            "--synthetic", f"half={tmp_path / 'half' / 'datalist.json'}", "--ratios", "0,1,half:1", "--seeds", "0",
+            "--networks", "test_efficientnet", "--minutes", "0", "--max-epochs", "1", "--image-size", "32",
+            "--protocol", "added", "--out", str(tmp_path / "sweep"), "--set", "batch_size=4"]
+    assert sweep.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = {r["ratio"]: r for r in map(json.loads, (tmp_path / "sweep" / "results.jsonl").read_text().splitlines())}
+    assert set(rows) == {"0", "1", "half:1"}
+    assert rows["1"]["source"] is None and rows["1"]["synthetic_datalist"] == str(data["synthetic"].resolve())
+    assert rows["half:1"]["source"] == "half"
+    assert rows["half:1"]["synthetic_datalist"] == str((tmp_path / "half" / "datalist.json").resolve())
+    assert rows["0"]["synthetic_datalist"] is None
+    assert rows["half:1"]["iterations"] == rows["1"]["iterations"] == rows["0"]["iterations"]  # same steps
+    assert "half R=1" in out and "test_efficientnet: half R=1 vs real only: " in out
+    assert (tmp_path / "sweep" / "classification" / "test_efficientnet" / "rhalf_1" / "s0" / "model.pt").is_file()
+    missing = [*argv[: argv.index("--synthetic")], *argv[argv.index("--ratios"):]]
+    missing[missing.index("0,1,half:1")] = "half:1"
+    assert sweep.main([*missing, "--synthetic", str(data["synthetic"]), "--out", str(tmp_path / "bad")]) == 2
+    assert "no --synthetic half=DATALIST" in capsys.readouterr().err
+
+
 def test_local_pretrained_weights_adapt_to_one_channel(tmp_path: Path) -> None:
     import timm
 

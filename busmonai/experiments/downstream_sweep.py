@@ -21,6 +21,11 @@ images alone with the cell's budget, ``pretrain_synthetic.json``, then fine-tune
 the same budget from those weights, ``init_ckpt``). Re-running with the same ``--out`` skips finished cells; a cell
 that was interrupted is trained again from scratch, so every cell gets the same time budget.
 
+Several synthesis sources in one sweep: ``--synthetic NAME=DATALIST`` (repeatable) names each source,
+and a token ``NAME:TOKEN`` draws its synthetic images from that one (``filtered:1+ordinary``,
+``background:0.5``, ``filtered:pretrain``); a token without a name uses the unnamed ``--synthetic``.
+All arms share one ``results.jsonl``, so every table and paired difference compares them seed by seed.
+
 Real BUSI sweep (the issue's "must show"; 64 px, one network per task, three seeds, 5 minutes
 per model; run from the repository root on an otherwise idle 2-core CPU)::
 
@@ -66,17 +71,67 @@ LABELS = {"0": "real only", "ordinary": "ordinary aug.", ADAPTIVE: "adaptive", P
           f"{PRETRAIN}+ordinary": "pretrain + ord."}
 
 
+SOURCE_SEPARATOR = ":"
+"""Between a synthesis source's name and the ratio token (``filtered:1+ordinary``); CP's ``1:k`` has a digit before it."""
+
+
 def uses_synthetic(token: str, ratio: float) -> bool:
     """True if the cell draws synthetic images (a ratio > 0, the adaptive sampler, pretraining)."""
-    return ratio > 0 or token == ADAPTIVE or token.startswith(PRETRAIN)
+    arm = split_source(token)[1]
+    return ratio > 0 or arm == ADAPTIVE or arm.startswith(PRETRAIN)
+
+
+def split_source(token: str) -> tuple[str | None, str]:
+    """``(source name or None, the rest)`` of a ratio token: ``"filtered:1+ordinary"`` ->
+    ``("filtered", "1+ordinary")``; ``"1:2"`` (CP's 1:k) and ``"2"`` -> ``(None, token)``."""
+    name, separator, rest = token.strip().partition(SOURCE_SEPARATOR)
+    if not separator or not name or name[0].isdigit() or name[0] == ".":
+        return None, token.strip()
+    return name, rest
+
+
+def token_label(token: str) -> str:
+    """The table heading of an arm: ``real only``, ``R=1``, ``filtered R=1+ordinary``, ..."""
+    source, arm = split_source(token)
+    label = LABELS.get(arm, f"R={arm}")
+    return f"{source} {label}" if source else label
+
+
+def parse_synthetic(values: Sequence[str]) -> dict[str | None, str]:
+    """``{source name (None: unnamed): datalist}`` of the ``--synthetic`` options.
+
+    Raises:
+        BusmonaiInputError: a name given twice, or an empty name or path.
+    """
+    from busmonai.errors import BusmonaiInputError
+
+    sources: dict[str | None, str] = {}
+    for value in values:
+        name, separator, path = value.partition("=")
+        key: str | None = name.strip() if separator else None
+        path = path if separator else value
+        if separator and (not key or SOURCE_SEPARATOR in key or not path):
+            raise BusmonaiInputError(f"--synthetic {value!r}: give NAME=DATALIST with a name without "
+                                     f"{SOURCE_SEPARATOR!r}, or a bare DATALIST")
+        if key in sources:
+            raise BusmonaiInputError(f"--synthetic: the source {key or '(unnamed)'!r} is given twice")
+        sources[key] = path
+    return sources
 
 
 def parse_token(token: str) -> tuple[str, float, str]:
-    """``(canonical token, ratio, augment)`` of a ratio token (see the module docstring)."""
+    """``(canonical token, ratio, augment)`` of a ratio token (see the module docstring); a source
+    name stays in front of the canonical token (``filtered:R=0.50`` -> ``filtered:0.5``)."""
     from busmonai.data.mixing import parse_ratio
     from busmonai.errors import BusmonaiInputError
 
-    text = token.strip()
+    source, text = split_source(token)
+    if source is not None:
+        arm, ratio, augment = parse_token(text)
+        if arm in ("0", "ordinary"):
+            raise BusmonaiInputError(f"ratio token {token!r}: {arm!r} uses no synthetic images; drop {source + ':'!r}")
+        return f"{source}{SOURCE_SEPARATOR}{arm}", ratio, augment
+    text = text.strip()
     augment = "none"
     if text == ADAPTIVE:
         return ADAPTIVE, 0.0, "none"
@@ -150,15 +205,16 @@ def train_configs(task: str, network: str, augment: str = "none", adaptive: bool
 
 def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, augment: str, seed: int) -> dict:
     """Train and evaluate one cell; return its result row."""
-    cell_dir = Path(args.out).resolve() / args.task / network / f"r{token}" / f"s{seed}"
+    source, arm = split_source(token)
+    cell_dir = Path(args.out).resolve() / args.task / network / f"r{token.replace(SOURCE_SEPARATOR, '_')}" / f"s{seed}"
     if cell_dir.exists():  # interrupted earlier: start over so every cell gets the same budget
         shutil.rmtree(cell_dir)
     common = {"image_size": args.image_size, "seed": seed, "output_dir": str(cell_dir), **args.overrides}
     if args.task == "classification":  # a timm model name; segmenters are override files (train_configs)
         common["network_name"] = network
-    synthetic = args.synthetic and uses_synthetic(token, ratio)
+    synthetic = args.sources.get(source) if uses_synthetic(token, ratio) else None
     train = {**common, "datalist": str(Path(args.datalist).resolve()), "ratio": ratio,
-             "synthetic_datalist": str(Path(args.synthetic).resolve()) if synthetic else None,
+             "synthetic_datalist": str(Path(synthetic).resolve()) if synthetic else None,
              "max_minutes": args.minutes, "resume": False}
     if args.max_epochs:
         train["max_epochs"] = args.max_epochs
@@ -166,8 +222,8 @@ def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, a
         train["max_epochs"] = 100000
     start = time.perf_counter()
     added = args.protocol == "added" and ratio > 0
-    configs = train_configs(args.task, network, augment, token == ADAPTIVE, added, args.schedule == "fixed")
-    if token.startswith(PRETRAIN):  # the same budget on the synthetic images first, then on the real ones
+    configs = train_configs(args.task, network, augment, arm == ADAPTIVE, added, args.schedule == "fixed")
+    if arm.startswith(PRETRAIN):  # the same budget on the synthetic images first, then on the real ones
         pretrain_dir = cell_dir / "pretrain"
         run_config([*configs, bundle_config(args.task, "pretrain_synthetic.json")],
                    **{**train, "output_dir": str(pretrain_dir)})
@@ -187,7 +243,7 @@ def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, a
     adaptive = json.loads(adaptive_path.read_text())["history"] if adaptive_path.is_file() else []
     return {
         "cell": cell_key(args.task, network, token, seed), "task": args.task, "network": network, "ratio": token,
-        "ratio_value": ratio, "augment": augment, "seed": seed, "minutes": args.minutes, "image_size": args.image_size,
+        "source": source, "synthetic_datalist": train["synthetic_datalist"] if synthetic else None, "ratio_value": ratio, "augment": augment, "seed": seed, "minutes": args.minutes, "image_size": args.image_size,
         "protocol": args.protocol, "schedule": args.schedule,
         "iterations": trained.get("iterations"), "epochs": trained.get("epochs"),
         "train_seconds": trained.get("seconds"), "seconds": round(time.perf_counter() - start, 1),
@@ -229,7 +285,7 @@ def format_tables(table: Mapping[tuple[str, str], Mapping[str, Mapping[str, tupl
     the best mean of each row marked ``*``; then whether synthetic data beat the baselines."""
     lines: list[str] = []
     for (name, metric), cells in table.items():
-        headers = [LABELS.get(t, f"R={t}") for t in tokens]
+        headers = [token_label(t) for t in tokens]
         width = max(16, *(len(h) + 2 for h in headers))
         lines.append(f"\n{metric.upper()} on '{name}' (mean +- std over seeds; * best per row)")
         lines.append(f"{'network':<16}" + "".join(f"{h:>{width}}" for h in headers))
@@ -279,52 +335,72 @@ def format_comparisons(rows: Sequence[Mapping[str, Any]], tokens: Sequence[str],
                         if token == base or not values or not set(values) & set(reference):
                             continue
                         diff = paired_difference(values, reference)
-                        lines.append(f"  {network}: {LABELS.get(token, f'R={token}')} vs {LABELS[base]}: "
+                        lines.append(f"  {network}: {token_label(token)} vs {LABELS[base]}: "
                                      f"{diff.text(goal if base == 'ordinary' else None)}")
     return "\n".join(lines)
 
 
-def draw_plot(cells: Mapping[str, Mapping[str, tuple[float, float, int]]], tokens: Sequence[str], title: str,
-              path: Path) -> Path:
-    """Metric vs ratio, one line (with +- std bars) per network, drawn with PIL (no matplotlib)."""
+def plot_series(tokens: Sequence[str]) -> dict[str, list[tuple[float, str]]]:
+    """The lines of the ratio plot: ``{series: [(ratio, token), ...]}``, one series per synthesis source
+    with and without ordinary augmentation, each starting at its baseline (real only, or ordinary
+    augmentation, at ratio 0). Arms that are not ratios (``adaptive``, ``pretrain``) are left to the tables."""
+    series: dict[str, list[tuple[float, str]]] = {}
+    for token in tokens:
+        source, arm = split_source(token)
+        if arm in ("0", "ordinary") or arm == ADAPTIVE or arm.startswith(PRETRAIN):
+            continue
+        _, ratio, augment = parse_token(arm)
+        name = (source or "synthetic") + (" + ordinary" if augment == "ordinary" else "")
+        base = "ordinary" if augment == "ordinary" else "0"
+        line = series.setdefault(name, [(0.0, base)] if base in tokens else [])
+        line.append((ratio, token))
+    return {name: sorted(points) for name, points in series.items()}
+
+
+def draw_plot(cells: Mapping[str, tuple[float, float, int]], tokens: Sequence[str], title: str, path: Path) -> Path:
+    """Metric vs synthetic : real ratio of one network, one line (with +- std bars) per synthesis
+    source with and without ordinary augmentation (:func:`plot_series`), drawn with PIL (no matplotlib)."""
     from PIL import Image, ImageDraw
 
-    width, height, left, right, top, bottom = 640, 400, 70, 150, 40, 50
+    series = {name: [(r, cells[t]) for r, t in points if t in cells] for name, points in plot_series(tokens).items()}
+    series = {name: points for name, points in series.items() if points}
+    width, height, left, right, top, bottom = 720, 420, 70, 210, 40, 50
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    values = [m + s * k for row in cells.values() for m, s, _ in row.values() for k in (-1, 1)]
+    values = [m + s * k for points in series.values() for _, (m, s, _) in points for k in (-1, 1)]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
     pad = max(0.02, 0.1 * (high - low))
     low, high = max(0.0, low - pad), min(1.0, high + pad) if high <= 1 else high + pad
+    ratios = sorted({r for points in series.values() for r, _ in points}) or [0.0]
     plot_w, plot_h = width - left - right, height - top - bottom
 
-    def xy(index: int, value: float) -> tuple[float, float]:
-        x = left + plot_w * (index + 0.5) / max(1, len(tokens))
+    def xy(ratio: float, value: float) -> tuple[float, float]:  # ratios evenly spaced, in order
+        x = left + plot_w * (ratios.index(ratio) + 0.5) / len(ratios)
         return x, top + plot_h * (1 - (value - low) / max(high - low, 1e-9))
 
     draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
     draw.text((left, 12), title, fill="black")
     for k in range(5):
         value = low + (high - low) * k / 4
-        y = xy(0, value)[1]
+        y = xy(ratios[0], value)[1]
         draw.line([left - 4, y, left, y], fill="black")
         draw.line([left, y, left + plot_w, y], fill=(225, 225, 225))
         draw.text((8, y - 6), f"{value:.3f}", fill="black")
-    for index, token in enumerate(tokens):
-        x = xy(index, low)[0]
-        draw.text((x - 3 * len(token), top + plot_h + 8), token, fill="black")
-    draw.text((left + plot_w // 2 - 40, height - 20), "synthetic : real ratio", fill="black")
+    for ratio in ratios:
+        text = f"{ratio:g}"
+        draw.text((xy(ratio, low)[0] - 3 * len(text), top + plot_h + 8), text, fill="black")
+    draw.text((left + plot_w // 2 - 60, height - 20), "synthetic : real ratio (0: the baseline)", fill="black")
     colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
-    for n, (network, row) in enumerate(cells.items()):
+    for n, (name, points) in enumerate(series.items()):
         colour = colours[n % len(colours)]
-        points = [(i, row[t]) for i, t in enumerate(tokens) if t in row]
-        for i, (mean, std, _) in points:
-            x, y = xy(i, mean)
-            draw.line([x, xy(i, mean - std)[1], x, xy(i, mean + std)[1]], fill=colour, width=1)
+        offset = 4 * (n - (len(series) - 1) / 2)  # side by side, so that equal points stay visible
+        shifted = [((xy(r, m)[0] + offset, xy(r, m)[1]), m, s) for r, (m, s, _) in points]
+        for (x, y), mean, std in shifted:
+            draw.line([x, xy(ratios[0], mean - std)[1], x, xy(ratios[0], mean + std)[1]], fill=colour, width=1)
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        if len(points) > 1:
-            draw.line([xy(i, v[0]) for i, v in points], fill=colour, width=2)
-        draw.text((left + plot_w + 10, top + 16 * n), network, fill=colour)
+        if len(shifted) > 1:
+            draw.line([p for p, _, _ in shifted], fill=colour, width=2)
+        draw.text((left + plot_w + 10, top + 16 * n), name, fill=colour)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
@@ -346,7 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("classification", "segmentation"), required=True)
     parser.add_argument("--datalist", required=True, help="real datalist (training / validation / test)")
-    parser.add_argument("--synthetic", default=None, help="synthetic datalist (needed for ratios > 0)")
+    parser.add_argument("--synthetic", action="append", default=[], metavar="[NAME=]DATALIST",
+                        help="synthetic datalist (needed for ratios > 0); repeat as NAME=DATALIST for several "
+                             "sources, chosen per token as NAME:TOKEN")
     parser.add_argument("--ratios", default="0,ordinary,0.5,1,2", help="comma-separated ratio tokens")
     parser.add_argument("--networks", default=None, help="comma-separated network names")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 5: the paired intervals need them)")
@@ -396,9 +474,16 @@ def _main(args: argparse.Namespace) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.external and args.task != "segmentation":
         raise BusmonaiInputError("--external datalists are evaluated by the segmentation sweep only")
-    if any(uses_synthetic(token, ratio) for token, ratio, _ in parsed) and not args.synthetic:
-        raise BusmonaiInputError("--ratios has ratios > 0 (or adaptive) but no --synthetic DATALIST was given")
-    if any(token == ADAPTIVE for token, _, _ in parsed) and args.task != "classification":
+    args.sources = parse_synthetic(args.synthetic)
+    for token, ratio, _ in parsed:
+        source = split_source(token)[0]
+        if uses_synthetic(token, ratio) and source not in args.sources:
+            if source is None:
+                raise BusmonaiInputError(f"--ratios {token}: has ratios > 0 (or adaptive) but no --synthetic DATALIST "
+                                         "was given")
+            raise BusmonaiInputError(f"--ratios {token}: no --synthetic {source}=DATALIST was given (sources: "
+                                     f"{', '.join(str(k) for k in args.sources) or 'none'})")
+    if any(split_source(token)[1] == ADAPTIVE for token, _, _ in parsed) and args.task != "classification":
         raise BusmonaiInputError("--ratios adaptive: LT-GenAug's adaptive sampler is wired into the "
                                  "classification bundle only (its reward is the validation AUC)")
     out = Path(args.out)
@@ -421,7 +506,9 @@ def _main(args: argparse.Namespace) -> int:
     print(format_tables(table, tokens, networks))
     print(format_comparisons(rows, tokens, networks, args.task))
     for (name, metric), cells in table.items():
-        plot = draw_plot(cells, tokens, f"{args.task}: {metric} on '{name}' vs synthetic ratio",
-                         out / f"plot_{name}_{metric}.png")
-        print(f"plot: {plot}")
+        for network, row in cells.items():
+            suffix = "" if len(networks) == 1 else f"_{network}"
+            plot = draw_plot(row, tokens, f"{args.task} ({network}): {metric} on '{name}' vs synthetic ratio",
+                             out / f"plot_{name}_{metric}{suffix}.png")
+            print(f"plot: {plot}")
     return 0
