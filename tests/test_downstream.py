@@ -489,6 +489,12 @@ def test_named_synthetic_sources_share_one_sweep(data: dict[str, Path], tmp_path
     assert rows["half:1"]["iterations"] == rows["1"]["iterations"] == rows["0"]["iterations"]  # same steps
     assert "half R=1" in out and "test_efficientnet: half R=1 vs real only: " in out
     assert (tmp_path / "sweep" / "classification" / "test_efficientnet" / "rhalf_1" / "s0" / "model.pt").is_file()
+    report = [*argv, "--report-only"]
+    report[report.index("0,1,half:1")] = "0,1,half:1,half:2"
+    assert sweep.main(report) == 0  # the tables of the finished cells; the unfinished one is not trained
+    out = capsys.readouterr().out
+    assert "3 finished, 1 not run (--report-only)" in out and "half R=1 vs real only" in out
+    assert len((tmp_path / "sweep" / "results.jsonl").read_text().splitlines()) == 3
     missing = [*argv[: argv.index("--synthetic")], *argv[argv.index("--ratios"):]]
     missing[missing.index("0,1,half:1")] = "half:1"
     assert sweep.main([*missing, "--synthetic", str(data["synthetic"]), "--out", str(tmp_path / "bad")]) == 2

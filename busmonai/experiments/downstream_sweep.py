@@ -441,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--external", action="append", default=[], help="external datalist (segmentation)")
     parser.add_argument("--out", default="runs/sweep", help="output folder (results.jsonl, cells, plots)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: print the tables and draw the plots of the finished cells in --out")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra bundle override (JSON value), e.g. --set batch_size=16")
     return parser
@@ -494,7 +496,10 @@ def _main(args: argparse.Namespace) -> int:
             if cell_key(args.task, n, p[0], s) not in done]
     total = len(networks) * len(tokens) * len(seeds)
     print(f"{args.task} sweep: {total} cells, {total - len(todo)} already finished, {len(todo)} to run "
-          f"(about {len(todo) * (args.minutes + 0.2):.0f} min)", flush=True)
+          f"(about {len(todo) * (args.minutes + 0.2):.0f} min)" if not args.report_only else
+          f"{args.task} sweep: {total} cells, {total - len(todo)} finished, {len(todo)} not run (--report-only)", flush=True)
+    if args.report_only:
+        todo = []
     for k, (network, (token, ratio, augment), seed) in enumerate(todo, 1):
         print(f"[{k}/{len(todo)}] {network} ratio {token} seed {seed}", flush=True)
         row = run_cell(args, network, token, ratio, augment, seed)
