@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 from pathlib import Path
 
@@ -181,6 +183,26 @@ def test_generation_with_a_filter_refills_to_the_count(trained_autoencoder: Path
     assert all(scores[e["image"]]["kept"] for e in kept)
     assert datalist["filter"]["kept"] == 4 and datalist["filter"]["rejected"] == sum(not s["kept"] for s in scores.values())
     assert datalist["filter"]["checkpoints"] == {"segmenter": "abc"} and len(scores) < 16  # stopped when full
+    # a class that is full draws no more candidates: benign passes at once, malignant every third time
+    seen = {"malignant": 0}
+
+    def benign_first(self: filtering.SyntheticFilter, images: torch.Tensor, masks: list, labels: list) -> list:
+        rows = []
+        for label in labels:
+            seen["malignant"] += int(label == 1)
+            rows.append({"dice": 1.0, "class_prob": None, "kept": label == 0 or seen["malignant"] % 3 == 0})
+        return rows
+
+    monkeypatch.setattr(filtering.SyntheticFilter, "score", benign_first)
+    datalist = generate_dataset(tmp_path / "h", settings, models, progress=False, sheet=False,
+                                synthetic_filter=synthetic_filter)
+    plan = {e["image"]: e["class"] for e in json.loads((tmp_path / "h" / "plan.json").read_text())["entries"]}
+    scored = Counter(plan[name] for name in json.loads((tmp_path / "h" / FILTER_NAME).read_text()))
+    assert datalist["counts"]["training"] == {"benign": 2, "malignant": 2}
+    # no benign candidate after the batch that met the benign count (the old loop went on drawing both
+    # classes until malignant was full: about 7 benign candidates here)
+    assert scored["benign"] <= 2 + settings.batch_size - 1 and scored["malignant"] <= 6 + settings.batch_size - 1, scored
+    assert len(list((tmp_path / "h" / "images").glob("benign_*.png"))) == scored["benign"]
     monkeypatch.setattr(filtering.SyntheticFilter, "score",
                         lambda self, images, masks, labels: [{"dice": 0.0, "class_prob": None, "kept": False}] * len(images))
     with pytest.raises(BusmonaiInputError, match="the filter kept 0 of 4 images after 16 candidates"):

@@ -527,17 +527,26 @@ def generate_dataset(out: str | Path, settings: GenerationSettings, models: Gene
         scores = json.loads((out / FILTER_NAME).read_text())
     kept: list[dict[str, Any]] = []
     done = 0
+    pending = iter(range(len(entries)))
     for b in tqdm(range(n_batches), desc="generate", unit="batch", disable=not progress):
-        if synthetic_filter is not None and all(sum(e["class"] == c for e in kept) >= n for c, n in target.items()):
-            break
-        batch = slice(b * settings.batch_size, (b + 1) * settings.batch_size)
-        if not all(output_path(out, e.get("image")).is_file() for e in entries[batch]):
-            images = _generate_batch(models, settings, entries[batch], masks[batch], latent_shape)
-            for entry, image in zip(entries[batch], images):
+        if synthetic_filter is not None:
+            # the next candidates of the classes still short of their count, in plan order: a class
+            # that is full draws no more candidates (each entry has its own seed, so a batch's
+            # composition does not change its images)
+            short = {c for c, n in target.items() if sum(e["class"] == c for e in kept) < n}
+            batch = [k for _, k in zip(range(settings.batch_size), (k for k in pending if entries[k]["class"] in short))]
+            if not batch:
+                break
+        else:
+            batch = list(range(b * settings.batch_size, min((b + 1) * settings.batch_size, len(entries))))
+        batch_entries, batch_masks = [entries[k] for k in batch], [masks[k] for k in batch]
+        if not all(output_path(out, e.get("image")).is_file() for e in batch_entries):
+            images = _generate_batch(models, settings, batch_entries, batch_masks, latent_shape)
+            for entry, image in zip(batch_entries, images):
                 save_png((image[0].cpu().numpy() * 255).round().astype(np.uint8), output_path(out, entry["image"]))
             done += 1
         if synthetic_filter is not None:
-            kept += _filter_batch(out, entries[batch], masks[batch], synthetic_filter, scores, target, kept)
+            kept += _filter_batch(out, batch_entries, batch_masks, synthetic_filter, scores, target, kept)
         if stop_after_batches is not None and done >= stop_after_batches:
             return {}
     if synthetic_filter is not None:
