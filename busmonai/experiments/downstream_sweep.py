@@ -332,7 +332,7 @@ def format_comparisons(rows: Sequence[Mapping[str, Any]], tokens: Sequence[str],
                         continue
                     for token in tokens:
                         values = seed_values(rows, task, network, token, name, metric)
-                        if token == base or not values or not set(values) & set(reference):
+                        if token in (base, "0") or not values or not set(values) & set(reference):
                             continue
                         diff = paired_difference(values, reference)
                         lines.append(f"  {network}: {token_label(token)} vs {LABELS[base]}: "
