@@ -37,6 +37,24 @@ def test_the_tissue_region_spans_the_real_lesions_and_placement_keeps_the_shape(
         region.place(_disc(64, 32, 32, 30), rng)
     with pytest.raises(BusmonaiInputError, match="no lesion mask"):
         TissueRegion.fit([np.zeros((64, 64), np.uint8)])
+    assert region.fits(new) and not region.fits(_disc(64, 32, 32, 30))
+
+
+def test_real_masks_too_large_for_the_tissue_region_are_not_drawn(tmp_path: Path) -> None:
+    """The tissue region's edges are percentiles of the real lesions, so the largest real lesions do
+    not fit in it: ``--mask-source real --background`` draws from the others, and says so when none fits."""
+    from busmonai.synthesis.generate import real_mask_pool
+
+    (tmp_path / "masks").mkdir()
+    items = []
+    for k, (cls, r) in enumerate([("benign", 4), ("benign", 30), ("benign", 5), ("malignant", 29)]):
+        Image.fromarray(_disc(64, 32, 32, r)).save(tmp_path / "masks" / f"m{k}.png")
+        items.append({"class": cls, "mask": f"masks/m{k}.png"})
+    region = TissueRegion(10, 50, 10, 54, 64)
+    assert [i["mask"] for i in real_mask_pool(tmp_path, items, "benign", 64, region)] == ["masks/m0.png", "masks/m2.png"]
+    assert len(real_mask_pool(tmp_path, items, "benign", 64)) == 3  # without backgrounds: every mask
+    with pytest.raises(BusmonaiInputError, match="no malignant training mask fits inside the backgrounds' tissue region"):
+        real_mask_pool(tmp_path, items, "malignant", 64, region)
 
 
 class _Zero(torch.nn.Module):

@@ -190,6 +190,28 @@ def _attribute_sampler(items: list[dict[str, Any]] | None) -> Any:
     return draw
 
 
+MASK_DRAWS_TO_FIT = 20
+"""Ellipse or SCMG masks drawn per lesion until one fits the backgrounds' tissue region."""
+
+
+def real_mask_pool(root: Path, items: list[dict[str, Any]], cls: str, size: int,
+                   region: TissueRegion | None = None) -> list[dict[str, Any]]:
+    """The training tumors of class ``cls`` whose masks ``--mask-source real`` draws from: with a
+    tissue region (``--background``), only those whose lesion fits inside it.
+
+    Raises:
+        BusmonaiInputError: no such mask.
+    """
+    pool = [i for i in items if i["class"] == cls]
+    if region is not None:
+        pool = [i for i in pool if region.fits(_load_real_mask(root, i, size) > 0)]
+        if not pool and any(i["class"] == cls for i in items):
+            raise BusmonaiInputError(
+                f"no {cls} training mask fits inside the backgrounds' tissue region (rows {region.y0}-{region.y1}, "
+                f"columns {region.x0}-{region.x1}); use --mask-source ellipse or other backgrounds")
+    return pool
+
+
 def _load_real_mask(root: Path, item: dict[str, Any], size: int) -> np.ndarray:
     path = root / item["mask"]
     mask = np.asarray(open_image(path, fix="re-run 'busmonai prepare'").convert("L"))
@@ -232,6 +254,10 @@ def make_plan(settings: GenerationSettings, scmg_masks: Any = None) -> tuple[lis
         masks_fit = [_load_real_mask(root, i, settings.image_size) > 0 for i in items]
         prior = EllipseMaskPrior.fit(masks_fit, [i["class"] for i in items])
     backgrounds = background_items(settings) if settings.background else None
+    pools: dict[str, list[dict[str, Any]]] = {}
+    if settings.mask_source == "real":
+        pools = {cls: real_mask_pool(root, items or [], cls, settings.image_size,
+                                     backgrounds[2] if backgrounds is not None else None) for cls in TUMOR_CLASSES}
     labels = [cls for cls in TUMOR_CLASSES for _ in range(counts[cls])]
     order = np.random.default_rng([settings.seed, 7]).permutation(len(labels))  # interleave classes
     labels = [labels[int(k)] for k in order]
@@ -241,20 +267,21 @@ def make_plan(settings: GenerationSettings, scmg_masks: Any = None) -> tuple[lis
     for k, cls in enumerate(labels):
         rng = np.random.default_rng([settings.seed, k])
         if settings.mask_source == "real":
-            pool = [i for i in items or [] if i["class"] == cls]
+            pool = pools[cls]
             if not pool:
                 raise BusmonaiInputError(f"{settings.datalist}: no {cls} training mask to draw from")
             source_item = pool[int(rng.integers(len(pool)))]
             mask = _load_real_mask(root, source_item, settings.image_size)
             mask_origin = source_item["mask"]
-        elif settings.mask_source == "ellipse":
-            mask = generate_ellipse_mask(cls, settings.image_size, rng, prior=prior)
-            mask_origin = "ellipse"
         else:
-            if scmg_masks is None:
+            if settings.mask_source == "scmg" and scmg_masks is None:
                 raise BusmonaiInputError("--mask-source scmg needs a trained SCMG generator (runs/scmg/model.pt)")
-            mask = scmg_masks(cls, 1, rng)[0]
-            mask_origin = "scmg"
+            for _ in range(MASK_DRAWS_TO_FIT if backgrounds is not None else 1):  # redraw what cannot be placed
+                mask = (generate_ellipse_mask(cls, settings.image_size, rng, prior=prior)
+                        if settings.mask_source == "ellipse" else scmg_masks(cls, 1, rng)[0])
+                if backgrounds is None or backgrounds[2].fits(mask > 0):
+                    break
+            mask_origin = settings.mask_source
         extra: dict[str, Any] = {}
         if backgrounds is not None:  # the lesion goes into a real image, inside its tissue region
             bg_root, bg_pool, region = backgrounds
