@@ -57,16 +57,15 @@ def user_mode(mode: int = 0o666) -> int:
     return mode & ~umask
 
 
-def write_json_atomic(data: Mapping[str, Any], path: str | Path) -> None:
-    """Write JSON through a temporary sibling, flushed to disk, and a rename, with the user's umask
-    (0644 under 022): ``path`` holds the old or the new JSON, never a part of one."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text through a temporary sibling, flushed to disk, and a rename, with the user's umask
+    (0644 under 022): ``path`` holds the old or the new text, never a part of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=1, default=float)
-            stream.write("\n")
+            stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(tmp, user_mode())
@@ -74,6 +73,11 @@ def write_json_atomic(data: Mapping[str, Any], path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(data: Mapping[str, Any], path: str | Path) -> None:
+    """:func:`write_text_atomic` of ``data`` as indented JSON (non-JSON numbers as floats)."""
+    write_text_atomic(path, json.dumps(data, indent=1, default=float) + "\n")
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:

@@ -489,11 +489,18 @@ def test_named_synthetic_sources_share_one_sweep(data: dict[str, Path], tmp_path
     assert rows["half:1"]["iterations"] == rows["1"]["iterations"] == rows["0"]["iterations"]  # same steps
     assert "half R=1" in out and "test_efficientnet: half R=1 vs real only: " in out
     assert (tmp_path / "sweep" / "classification" / "test_efficientnet" / "rhalf_1" / "s0" / "model.pt").is_file()
-    report = [*argv, "--report-only"]
+    report = [*argv, "--report-only", "--markdown", str(tmp_path / "sweep.md")]
     report[report.index("0,1,half:1")] = "0,1,half:1,half:2"
     assert sweep.main(report) == 0  # the tables of the finished cells; the unfinished one is not trained
     out = capsys.readouterr().out
     assert "3 finished, 1 not run (--report-only)" in out and "half R=1 vs real only" in out
+    table = (tmp_path / "sweep.md").read_text()
+    assert "AUC on 'test', test_efficientnet" in table and "| arm | seeds | mean +- std | steps |" in table
+    auc = {t: rows[t]["test"]["test"]["auc"] for t in rows}
+    half_row = next(line for line in table.splitlines() if line.startswith("| half R=1 |"))
+    assert f"| 1 | {auc['half:1']:.3f} +- 0.000 | {rows['half:1']['iterations']} |" in half_row
+    assert f"{auc['half:1'] - auc['0']:+.3f} [-inf, +inf]" in half_row  # one seed: no interval
+    assert "half R=2" not in table
     assert len((tmp_path / "sweep" / "results.jsonl").read_text().splitlines()) == 3
     missing = [*argv[: argv.index("--synthetic")], *argv[argv.index("--ratios"):]]
     missing[missing.index("0,1,half:1")] = "half:1"

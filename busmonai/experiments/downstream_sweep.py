@@ -340,6 +340,44 @@ def format_comparisons(rows: Sequence[Mapping[str, Any]], tokens: Sequence[str],
     return "\n".join(lines)
 
 
+def format_markdown(rows: Sequence[Mapping[str, Any]], tokens: Sequence[str], networks: Sequence[str],
+                    task: str) -> str:
+    """The sweep as markdown tables, one per (set, metric, network): each arm's mean +- std over seeds,
+    its training steps and minutes per cell, and its paired difference to real only and to ordinary
+    augmentation with the 95 % interval ("beats" only when the interval lies above zero)."""
+    from busmonai.experiments.statistics import paired_difference
+
+    lines: list[str] = []
+    sets = sorted({name for row in rows for name in row["test"]}, key=lambda s: (s != "test", s))
+    for name in sets:
+        for metric in PRIMARY[task]:
+            for network in networks:
+                base = {b: seed_values(rows, task, network, b, name, metric) for b in ("0", "ordinary")}
+                lines += [f"\n{metric.upper()} on '{name}', {network}", "",
+                          "| arm | seeds | mean +- std | steps | min / cell | vs real only | vs ordinary aug. |",
+                          "|---|---|---|---|---|---|---|"]
+                for token in tokens:
+                    values = seed_values(rows, task, network, token, name, metric)
+                    if not values:
+                        continue
+                    mean, std = _stats(list(values.values()))
+                    cells = [r for r in rows if r["task"] == task and r["network"] == network and r["ratio"] == token]
+                    steps = sorted({r.get("iterations") for r in cells if r.get("iterations") is not None})
+                    minutes = sum(float(r.get("seconds") or 0) for r in cells) / max(1, len(cells)) / 60
+                    versus = []
+                    for b in ("0", "ordinary"):
+                        shared = set(values) & set(base[b])
+                        if token in (b, "0") or not shared:
+                            versus.append("")
+                            continue
+                        diff = paired_difference(values, base[b])
+                        versus.append(f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
+                                      + (" **beats**" if diff.beats else ""))
+                    lines.append(f"| {token_label(token)} | {len(values)} | {mean:.3f} +- {std:.3f} | "
+                                 f"{'/'.join(str(v) for v in steps)} | {minutes:.1f} | {versus[0]} | {versus[1]} |")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
 def plot_series(tokens: Sequence[str]) -> dict[str, list[tuple[float, str]]]:
     """The lines of the ratio plot: ``{series: [(ratio, token), ...]}``, one series per synthesis source
     with and without ordinary augmentation, each starting at its baseline (real only, or ordinary
@@ -441,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--external", action="append", default=[], help="external datalist (segmentation)")
     parser.add_argument("--out", default="runs/sweep", help="output folder (results.jsonl, cells, plots)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--markdown", default=None, metavar="FILE",
+                        help="also write the tables (mean, std, steps, paired differences) as markdown to FILE")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: print the tables and draw the plots of the finished cells in --out")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -510,6 +550,11 @@ def _main(args: argparse.Namespace) -> int:
     table = summarize(rows, tokens, networks, args.task)
     print(format_tables(table, tokens, networks))
     print(format_comparisons(rows, tokens, networks, args.task))
+    if args.markdown:
+        from busmonai.files import write_text_atomic
+
+        write_text_atomic(Path(args.markdown), format_markdown(rows, tokens, networks, args.task))
+        print(f"markdown: {args.markdown}")
     for (name, metric), cells in table.items():
         for network, row in cells.items():
             suffix = "" if len(networks) == 1 else f"_{network}"
