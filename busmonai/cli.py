@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     common.add_argument("--split", choices=("training", "validation", "test"), default=None,
-                        help="datalist split (default: all splits)")
+                        help="datalist split (default: all splits; a synthetic datalist from generate is read whole)")
     m = metrics.add_parser("fid", parents=[common], help="FID and KID on InceptionV3 features (offline)")
     m.add_argument("real", type=Path, help="folder of real images or a datalist .json")
     m.add_argument("fake", type=Path, help="folder of generated images or a datalist .json")

@@ -238,6 +238,13 @@ def test_datalist_source_selects_split_and_tumor_classes(tmp_path: Path) -> None
     every = image_source(tmp_path / "datalist.json")
     assert [p.name for p in every.paths] == ["benign_1.png", "malignant_1.png", "benign_2.png"]
     assert [p.name for p in image_source(tmp_path / "datalist.json", split="test").paths] == ["benign_2.png"]
+    # --split picks the real images; a synthetic datalist (training only) is used whole
+    from busmonai.metrics.sources import source_split
+
+    synthetic = {"synthetic": True, "training": datalist["training"], "validation": [], "test": []}
+    (tmp_path / "synthetic.json").write_text(json.dumps(synthetic))
+    assert source_split(tmp_path / "datalist.json", "test") == "test"
+    assert source_split(tmp_path / "synthetic.json", "test") is None and source_split(tmp_path, "test") is None
     # a folder: recursive, without masks/ and contact sheets
     assert sorted(p.name for p in image_source(tmp_path).paths) == [
         "benign_1.png", "benign_2.png", "malignant_1.png", "normal_1.png"]

@@ -37,7 +37,7 @@ from scipy import linalg
 
 from busmonai.errors import BusmonaiInputError
 from busmonai.metrics.inception import FeatureSet, compute_features, find_cached, inception_features
-from busmonai.metrics.sources import image_source, is_datalist, load_image_stack
+from busmonai.metrics.sources import image_source, load_image_stack, source_split
 
 SQRTM_EPS = 1e-6
 """Offset added to the covariance diagonals when the matrix square root is not finite."""
@@ -165,7 +165,8 @@ def compute_fid_kid(
         fake: folder or datalist of generated images.
         size: compare at ``size x size`` px (images are resized first); ``None`` requires one
             size per set.
-        split: datalist split to use (``None``: all splits); tumor classes only.
+        split: datalist split to use (``None``: all splits); tumor classes only; a synthetic
+            datalist is used whole (:func:`~busmonai.metrics.sources.source_split`).
         subsets: KID subsets.
         subset_size: KID subset size (capped at the smaller set).
         batch_size: images per Inception forward pass.
@@ -186,7 +187,7 @@ def compute_fid_kid(
             f"KID needs --kid-subsets >= 1 and --kid-subset-size >= 2, got {subsets} and {subset_size}"
         )
     sources = {
-        name: image_source(path, split if split is not None and is_datalist(path) else None)
+        name: image_source(path, source_split(path, split))
         for name, path in (("REAL", real), ("FAKE", fake))
     }
     sets: dict[str, FeatureSet | None] = {

@@ -70,6 +70,20 @@ def is_datalist(path: Path | str) -> bool:
     return Path(path).suffix.lower() == ".json"
 
 
+def source_split(path: Path | str, split: str | None) -> str | None:
+    """The split to read from ``path``: ``split`` for a datalist of real images, ``None`` (every
+    image) for a folder and for a synthetic datalist (``busmonai generate``'s, ``"synthetic": true``,
+    which holds its images in ``training`` only), so ``--split test`` picks the real test images
+    while the whole synthetic set is compared with them."""
+    if split is None or not is_datalist(path):
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return split  # datalist_items names the unreadable file
+    return None if isinstance(data, dict) and data.get("synthetic") is True else split
+
+
 def walk_image_files(folder: Path | str, kind: str = "images") -> list[tuple[Path, Path]]:
     """``(path, path relative to folder)`` of the image files under ``folder`` (recursive, sorted),
     without hidden files and contact sheets (``sheet*.png``).
