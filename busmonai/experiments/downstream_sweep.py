@@ -401,7 +401,7 @@ def draw_plot(cells: Mapping[str, tuple[float, float, int]], tokens: Sequence[st
     from PIL import Image, ImageDraw
 
     series = {name: [(r, cells[t]) for r, t in points if t in cells] for name, points in plot_series(tokens).items()}
-    series = {name: points for name, points in series.items() if points}
+    series = {name: points for name, points in series.items() if any(r > 0 for r, _ in points)}  # not a lone baseline
     width, height, left, right, top, bottom = 720, 420, 70, 210, 40, 50
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
