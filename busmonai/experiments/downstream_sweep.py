@@ -353,7 +353,7 @@ def format_markdown(rows: Sequence[Mapping[str, Any]], tokens: Sequence[str], ne
         for metric in PRIMARY[task]:
             for network in networks:
                 base = {b: seed_values(rows, task, network, b, name, metric) for b in ("0", "ordinary")}
-                lines += [f"\n{metric.upper()} on '{name}', {network}", "",
+                lines += [f"\n**{metric.upper()} on '{name}', {network}**", "",
                           "| arm | seeds | mean +- std | steps | min / cell | vs real only | vs ordinary aug. |",
                           "|---|---|---|---|---|---|---|"]
                 for token in tokens:
