@@ -26,25 +26,22 @@ and a token ``NAME:TOKEN`` draws its synthetic images from that one (``filtered:
 ``background:0.5``, ``filtered:pretrain``); a token without a name uses the unnamed ``--synthetic``.
 All arms share one ``results.jsonl``, so every table and paired difference compares them seed by seed.
 
-Real BUSI sweep (the issue's "must show"; 64 px, one network per task, three seeds, 5 minutes
-per model; run from the repository root on an otherwise idle 2-core CPU)::
+Real BUSI sweep (64 px, one network per task, 5 seeds; the fixed-step protocol of docs/results.md,
+"Do synthetic images help?": every arm the same optimizer steps and passes over the real images, a
+cosine schedule and the last weights)::
 
     busmonai prepare busi --root ../shared/data/Dataset_BUSI_with_GT --out data/busi64 --size 64
-    python scripts/downstream_sweep.py --task classification --datalist data/busi64/datalist.json \\
-        --synthetic data/synthetic64/datalist.json --ratios 0,ordinary,0.5,1,2 \\
-        --networks efficientnet_b0 --seeds 0,1,2 --minutes 5 --out runs/sweep_classification
-    python scripts/downstream_sweep.py --task segmentation --datalist data/busi64/datalist.json \\
-        --synthetic data/synthetic64/datalist.json --ratios 0,ordinary,0.5,1,2 \\
-        --networks unet --seeds 0,1,2 --minutes 5 --out runs/sweep_segmentation \\
-        [--external data/stu64/datalist.json]
+    python scripts/downstream_sweep.py --task segmentation --datalist data/busi64/datalist.json \
+        --synthetic filtered=data/synthetic_filtered/datalist.json --synthetic background=data/synthetic_bg/datalist.json \
+        --ratios 0,ordinary,filtered:0.5,filtered:1,filtered:1+ordinary,background:1+ordinary \
+        --minutes 0 --max-epochs 40 --protocol added --schedule fixed --threads 1 --out runs/sweep_segmentation
+    python scripts/downstream_sweep.py --task classification ... --max-epochs 15 ... --out runs/sweep_classification
 
-Each sweep is 5 ratios x 3 seeds = 15 cells of 5 minutes of training (including the per-epoch
-validation) plus about 10 s of set-up and evaluation: about 80 minutes per task, 160 minutes for
-both. The synthetic datalist must hold, per class, at least twice the real training images of
-that class for ratio 2 (BUSI at the default split and 20 % validation holdout: about 280 benign
-and 135 malignant real training images, so about 560 benign and 270 malignant synthetic ones).
-Use ``--threads 1`` when other jobs share the CPU: oversubscribed OpenMP threads slow small
-networks down by orders of magnitude.
+With ``--minutes M`` instead (the default protocol ``mixed``, the checkpoint best on validation) each
+cell trains for M minutes: the earlier, noisier protocol. Arms with R synthetic images per real one
+cost about 1 + R times a real-only cell (EfficientNet-B0, 150 steps: 2-3 minutes; UNet, 800 steps:
+1-2 minutes, one thread). Use ``--threads 1`` when other jobs share the CPU: oversubscribed OpenMP
+threads slow small networks down by orders of magnitude.
 """
 
 from __future__ import annotations
@@ -121,7 +118,7 @@ def parse_synthetic(values: Sequence[str]) -> dict[str | None, str]:
 
 def parse_token(token: str) -> tuple[str, float, str]:
     """``(canonical token, ratio, augment)`` of a ratio token (see the module docstring); a source
-    name stays in front of the canonical token (``filtered:R=0.50`` -> ``filtered:0.5``)."""
+    name stays in front of the canonical token (``filtered:50%`` -> ``filtered:0.5``)."""
     from busmonai.data.mixing import parse_ratio
     from busmonai.errors import BusmonaiInputError
 
@@ -243,7 +240,8 @@ def run_cell(args: argparse.Namespace, network: str, token: str, ratio: float, a
     adaptive = json.loads(adaptive_path.read_text())["history"] if adaptive_path.is_file() else []
     return {
         "cell": cell_key(args.task, network, token, seed), "task": args.task, "network": network, "ratio": token,
-        "source": source, "synthetic_datalist": train["synthetic_datalist"] if synthetic else None, "ratio_value": ratio, "augment": augment, "seed": seed, "minutes": args.minutes, "image_size": args.image_size,
+        "source": source, "synthetic_datalist": train["synthetic_datalist"] if synthetic else None,
+        "ratio_value": ratio, "augment": augment, "seed": seed, "minutes": args.minutes, "image_size": args.image_size,
         "protocol": args.protocol, "schedule": args.schedule,
         "iterations": trained.get("iterations"), "epochs": trained.get("epochs"),
         "train_seconds": trained.get("seconds"), "seconds": round(time.perf_counter() - start, 1),
