@@ -160,6 +160,41 @@ def test_autoencoder_adversarial_term_switches_on_after_warmup(datalist32: Path,
     assert "discriminator" in state and "d_optimizer" in state
 
 
+AE_DECODER_FINETUNE = "bundles/autoencoder/configs/decoder_finetune.json"
+TINY_DISCRIMINATOR = {"_target_": "monai.networks.nets.PatchDiscriminator", "spatial_dims": 2, "num_layers_d": 2,
+                      "channels": 8, "in_channels": 1, "out_channels": 1, "norm": "INSTANCE"}
+
+
+def test_decoder_finetuning_keeps_the_encoder_and_saves_the_last_decoder(trained_autoencoder: Path, datalist32: Path,
+                                                                         tmp_path: Path) -> None:
+    """The latent space stays valid: every encoder weight is unchanged, the decoder learned, and
+    ``model.pt`` holds the last weights (an adversarial fine-tune lowers PSNR, so the best-PSNR
+    choice would undo it)."""
+    out = tmp_path / "ae_ft"
+    run_bundle([AE_TRAIN, AE_DECODER_FINETUNE], datalist=str(datalist32), output_dir=str(out), image_size=32,
+               max_epochs=2, val_interval=1, batch_size=4, lr=1e-2, init_ckpt=str(trained_autoencoder / "model.pt"),
+               discriminator_def=TINY_DISCRIMINATOR, **TINY_AUTOENCODER)
+    before = torch.load(trained_autoencoder / "model.pt", weights_only=True)["model"]
+    after = torch.load(out / "model.pt", weights_only=True)["model"]
+    final = torch.load(out / "resume_checkpoint_final=0.pt", weights_only=True)["network"]
+    assert set(before) == set(after)
+    encoder = [k for k in before if not k.startswith(("decoder.", "post_quant_conv."))]
+    decoder = [k for k in before if k.startswith("decoder.")]
+    assert encoder and decoder
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert not all(torch.equal(before[k], after[k]) for k in decoder)
+    assert all(torch.equal(after[k], final[k]) for k in after)  # the last weights, not the best-PSNR ones
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["adv_loss"] > 0 and metrics["d_loss"] > 0  # on from the first step
+
+
+def test_decoder_finetuning_needs_a_trained_autoencoder(datalist32: Path, tmp_path: Path) -> None:
+    with pytest.raises(Exception) as info:
+        run_bundle([AE_TRAIN, AE_DECODER_FINETUNE], datalist=str(datalist32), output_dir=str(tmp_path / "f"),
+                   image_size=32, max_epochs=1, init_ckpt=str(tmp_path / "missing.pt"), **TINY_AUTOENCODER)
+    assert is_input_error(info.value, "--init_ckpt runs/autoencoder/model.pt")
+
+
 def test_perceptual_loss_needs_local_weights(datalist32: Path, tmp_path: Path) -> None:
     with pytest.raises(Exception) as info:
         run_bundle([AE_TRAIN], datalist=str(datalist32), output_dir=str(tmp_path / "p"), image_size=32, max_epochs=1,

@@ -7,11 +7,18 @@ patch-adversarial term with MONAI's ``PatchDiscriminator`` (least-squares GAN, a
 generative tutorials do) switched on after ``adv_warmup_epochs``. CP and the SCMG paper fine-tune
 the Stable Diffusion VAE on BUS images and freeze it; this trainer trains MONAI's
 ``AutoencoderKL`` from scratch or from given weights.
+
+With ``train_encoder=False`` only the decoder learns: the frozen encoder's mean latent ``mu`` is
+decoded, so the latent space (and every diffusion model trained on it) stays valid while the
+decoder is sharpened, e.g. with the adversarial term. Stability AI's improved decoders for the
+Stable Diffusion autoencoder (``sd-vae-ft-ema`` / ``sd-vae-ft-mse``) were made this way: only the
+decoder was fine-tuned, to keep every model trained on the latents compatible.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +28,7 @@ from monai.inferers import Inferer
 from monai.losses import PatchAdversarialLoss
 from torch import nn
 
-__all__ = ["AutoencoderTrainer", "ReconstructionInferer", "image_as_target", "kl_divergence"]
+__all__ = ["AutoencoderTrainer", "ReconstructionInferer", "decoder_parameters", "for_decoder_finetuning", "image_as_target", "kl_divergence"]
 
 
 def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -37,6 +44,37 @@ class ReconstructionInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         return network.reconstruct(inputs).clamp(0.0, 1.0)  # type: ignore[operator]
+
+
+def decoder_parameters(network: nn.Module) -> list[nn.Parameter]:
+    """The parameters that map a latent to an image: ``post_quant_conv`` and ``decoder`` of an
+    ``AutoencoderKL`` (the optimizer's parameters when only the decoder is fine-tuned).
+
+    Raises:
+        ValueError: ``network`` has no ``decoder`` (e.g. the space-to-depth view, nothing to train).
+    """
+    if not isinstance(getattr(network, "decoder", None), nn.Module):
+        raise ValueError(f"{type(network).__name__} has no 'decoder' to fine-tune; use an AutoencoderKL checkpoint")
+    parts = [network.decoder, getattr(network, "post_quant_conv", None)]
+    return [p for part in parts if isinstance(part, nn.Module) for p in part.parameters()]
+
+
+def for_decoder_finetuning(network: nn.Module, init_ckpt: str | Path | None) -> nn.Module:
+    """``network`` with the weights of the trained autoencoder whose decoder is to be fine-tuned.
+
+    Raises:
+        BusmonaiInputError: no ``init_ckpt`` (a decoder fine-tuned behind a random encoder would
+            serve no diffusion model), or a checkpoint that is not an autoencoder's.
+    """
+    from busmonai.errors import BusmonaiInputError
+    from busmonai.networks.described import initialised
+
+    if not init_ckpt or not Path(init_ckpt).is_file():
+        raise BusmonaiInputError(
+            f"decoder fine-tuning needs 'init_ckpt', the model.pt of a trained autoencoder (got {init_ckpt!r}); "
+            "pass --init_ckpt runs/autoencoder/model.pt"
+        )
+    return initialised(network, init_ckpt, "init_ckpt", "autoencoder")
 
 
 def image_as_target(batchdata: dict[str, torch.Tensor], device: torch.device | str | None = None,
@@ -59,6 +97,8 @@ class AutoencoderTrainer(SupervisedTrainer):
         adv_warmup_epochs: epochs before the adversarial terms switch on.
         perceptual_loss: an optional perceptual loss module (with local weights).
         perceptual_weight: its weight.
+        train_encoder: False to fine-tune the decoder alone: the frozen encoder's ``mu`` is decoded
+            without gradients (the optimizer should hold :func:`decoder_parameters` only).
         **kwargs: passed to ``SupervisedTrainer`` (``train_handlers``, ``amp``, ...).
 
     The iteration output holds ``image``, ``pred`` (reconstruction), ``loss`` (total generator
@@ -81,6 +121,7 @@ class AutoencoderTrainer(SupervisedTrainer):
         perceptual_loss: nn.Module | None = None,
         perceptual_weight: float = 0.0,
         prepare_batch: PrepareBatch | Callable = image_as_target,
+        train_encoder: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -103,6 +144,7 @@ class AutoencoderTrainer(SupervisedTrainer):
         self.adv_loss = PatchAdversarialLoss(criterion="least_squares")
         self.perceptual_loss = perceptual_loss
         self.perceptual_weight = float(perceptual_weight)
+        self.train_encoder = bool(train_encoder)
 
     def _adversarial_on(self, engine: AutoencoderTrainer) -> bool:
         return engine.discriminator is not None and engine.state.epoch > engine.adv_warmup_epochs
@@ -113,7 +155,12 @@ class AutoencoderTrainer(SupervisedTrainer):
         images, _ = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
-        recon, mu, sigma = engine.network(images)
+        if engine.train_encoder:
+            recon, mu, sigma = engine.network(images)
+        else:
+            with torch.no_grad():
+                mu, sigma = engine.network.encode(images)  # type: ignore[operator]
+            recon = engine.network.decode(mu)  # type: ignore[operator]
         recon_loss = engine.loss_function(recon, images)
         kl_loss = kl_divergence(mu, sigma)
         loss = recon_loss + engine.kl_weight * kl_loss
@@ -167,8 +214,6 @@ def perceptual_loss(weights_path: str | None, device: torch.device | str = "cpu"
     Raises:
         BusmonaiInputError: no path, or a path that does not exist.
     """
-    from pathlib import Path
-
     from monai.losses import PerceptualLoss
 
     from busmonai.errors import BusmonaiInputError
@@ -194,8 +239,6 @@ def reconstruct_datalist(network: nn.Module, items: Sequence[dict[str, Any]], im
     Returns:
         ``{"psnr": dB, "ssim": ..., "n": count}``.
     """
-    from pathlib import Path
-
     import numpy as np
     from monai.metrics import PSNRMetric, SSIMMetric
     from tqdm import tqdm
