@@ -9,9 +9,8 @@ from monai.networks.nets import ControlNet, DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
-from busmonai.engines.diffusion import (
-    DiffusionTrainer, ema_model, lesion_weights, sample_timesteps, warmup_decay,
-)
+from busmonai.engines.diffusion import DiffusionTrainer, lesion_weights, sample_timesteps
+from busmonai.engines.ema import ema_model, warmup_decay
 from busmonai.networks.latent_diffusion import LatentDiffusionModel
 from busmonai.synthesis.sampling import ddim_sample, make_ddim
 

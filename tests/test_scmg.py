@@ -200,3 +200,24 @@ def test_bundle_trains_with_the_mode_seeking_term(datalist32: Path, tmp_path: Pa
         run_bundle([TRAIN], datalist=str(datalist32), output_dir=str(tmp_path / "bad"), image_size=SIZE, max_epochs=1,
                    batch_size=4, mode_seeking_weight=-1.0, **TINY)
     assert is_input_error(error.value, "mode_seeking_weight must be >= 0")
+
+
+def test_bundle_draws_with_the_generator_ema(datalist32: Path, tmp_path: Path) -> None:
+    """With ``g_ema_decay`` the saved generator is the moving average (kept in the resume
+    checkpoint too), not the last weights; ``busmonai masks`` draws with it."""
+    out = tmp_path / "scmg_ema"
+    run_bundle([TRAIN], datalist=str(datalist32), output_dir=str(out), image_size=SIZE, max_epochs=2, batch_size=4,
+               g_ema_decay=0.9, **TINY)
+    saved = torch.load(out / "model.pt", weights_only=True)
+    resume = torch.load(next(out.glob("resume_checkpoint_epoch=*.pt")), weights_only=True)
+    live, ema = resume["generator"], resume["generator_ema"]
+    averaged = {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
+    assert set(saved) == set(live) == set(averaged)
+    floats = [k for k in saved if saved[k].is_floating_point() and "running" not in k]
+    assert all(torch.equal(saved[k], averaged[k]) for k in saved)
+    assert not all(torch.allclose(saved[k], live[k]) for k in floats)
+    assert torch.equal(saved["curvature_targets"], live["curvature_targets"])  # the priors, not an average
+    masks = tmp_path / "drawn"
+    assert main(["masks", "--method", "scmg", "--checkpoint", str(out / "model.pt"), "--label", "benign", "--n", "2",
+                 "--size", str(SIZE), "--out", str(masks)]) == 0
+    assert len(list(masks.glob("benign_*.png"))) == 2

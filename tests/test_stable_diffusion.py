@@ -462,7 +462,8 @@ class _Net(nn.Module):
 
 
 def _trainer(accumulation: int, amp: bool = False) -> tuple[object, list[int]]:
-    from busmonai.engines.diffusion import DiffusionTrainer, ema_model
+    from busmonai.engines.diffusion import DiffusionTrainer
+    from busmonai.engines.ema import ema_model
 
     net = _Net()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)

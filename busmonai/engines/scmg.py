@@ -238,6 +238,8 @@ class SCMGTrainer(Trainer):
             values and the discriminator's own training are unchanged).
         mode_seeking_weight: weight of :func:`mode_seeking_loss` (0, the default, the paper's
             losses; above 0 each iteration also generates a second mask per sample from other noise).
+        generator_ema: an EMA copy of the generator (:func:`busmonai.engines.ema.ema_model`),
+            updated after every generator step, or None (the paper: the last weights).
         seed: seed of the trainer's noise generator.
         train_handlers: Ignite handlers to attach.
         **kwargs: passed to ``monai.engines.Trainer``.
@@ -263,6 +265,7 @@ class SCMGTrainer(Trainer):
         cur_class_weights: Sequence[float] | None = None,
         d_branch_weights: Sequence[float] | None = None,
         mode_seeking_weight: float = 0.0,
+        generator_ema: Any | None = None,
         seed: int = 0,
         train_handlers: Sequence[Any] | None = None,
         **kwargs: Any,
@@ -274,6 +277,7 @@ class SCMGTrainer(Trainer):
             raise BusmonaiInputError(f"mode_seeking_weight must be >= 0, got {mode_seeking_weight}")
         self.mode_seeking_weight = float(mode_seeking_weight)
         self.generator = generator
+        self.generator_ema = generator_ema
         self.discriminator = discriminator
         self.g_optimizer = g_optimizer
         self.d_optimizer = d_optimizer
@@ -352,6 +356,8 @@ class SCMGTrainer(Trainer):
             terms["ms_loss"] = torch.zeros(())
         terms["g_loss"].backward()
         engine.g_optimizer.step()
+        if engine.generator_ema is not None:
+            engine.generator_ema.update_parameters(unwrap(engine.generator))
         accuracy = (type_logits[: len(real)].argmax(1) == types).float().mean()
         out = {key: float(value.detach()) for key, value in terms.items()}
         out.update(loss=out["g_loss"], d_loss=float(d_loss.detach()), d_type_acc=float(accuracy))

@@ -60,6 +60,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "combined": {"bbox_map_blur": 0.03, "aug_rotate_deg": 15.0, "aug_scale": 0.1, "cur_class_weights": [1.0, 2.0]},
     "mode_seeking": {"mode_seeking_weight": 1.0},
     "mode_seeking_0.2": {"mode_seeking_weight": 0.2},
+    "no_curvature": {"cur_weight": 0.0},
+    "ema": {"g_ema_decay": 0.999},
+    "ema_mode_seeking_0.2": {"g_ema_decay": 0.999, "mode_seeking_weight": 0.2},
 }
 """Variant name -> bundle overrides (the defaults of ``train.json`` are the baseline)."""
 ELLIPSE = "ellipse"
