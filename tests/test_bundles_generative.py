@@ -69,6 +69,21 @@ def test_ldm_trains_with_cached_latents(trained_ldm: Path) -> None:
     assert cache["latents"].shape[0] == 2 * (cache["index"].max().item() + 1)
 
 
+def test_ldm_anneals_its_rate_over_the_end_of_its_budget(datalist32: Path, trained_autoencoder: Path,
+                                                         tmp_path: Path) -> None:
+    """``lr_anneal_fraction`` reaches the trainer as a :class:`TimeAnnealedLR` on the run's
+    scheduler and budget, which lowers the rate the optimizer steps with near the budget's end."""
+    from busmonai.engines.handlers import TimeAnnealedLR
+
+    workflow = run_bundle([LDM_TRAIN], **ldm_overrides(datalist32, trained_autoencoder, tmp_path / "ldm", max_epochs=1,
+                                                       max_minutes=30, lr_anneal_fraction=0.25))
+    handlers = [h for h in workflow.parser.get_parsed_content("train#handlers") if isinstance(h, TimeAnnealedLR)]
+    scheduler = workflow.parser.get_parsed_content("lr_scheduler")
+    assert len(handlers) == 1 and handlers[0].fraction == 0.25 and handlers[0].max_seconds == 1800
+    assert handlers[0].lr_scheduler is scheduler
+    assert handlers[0].factor(1800 * 0.875) == pytest.approx(0.5)
+
+
 def test_ldm_resumes_and_reuses_latent_cache(trained_ldm: Path, datalist32: Path, trained_autoencoder: Path,
                                              tmp_path: Path) -> None:
     import shutil

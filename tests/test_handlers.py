@@ -92,3 +92,33 @@ def test_run_config_sends_the_bundle_log_to_a_file(datalist32: Path, tmp_path: P
     assert any(type(h) is logging.StreamHandler for h in logging.getLogger().handlers)
     for name, handlers in handlers_before.items():
         assert len(logging.getLogger(name).handlers) == len(handlers), name
+
+
+def test_time_annealed_lr_follows_the_budget_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Constant (the scheduler's rate) before the last ``fraction`` of the budget, then a cosine
+    to zero; the rate set on the optimizer is the scheduler's times that factor."""
+    from busmonai.engines import handlers
+    from busmonai.engines.handlers import TimeAnnealedLR
+    from busmonai.errors import BusmonaiInputError
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    anneal = TimeAnnealedLR(scheduler, max_minutes=10, fraction=0.5)
+    assert [anneal.factor(s) for s in (0, 299, 300)] == [1.0, 1.0, 1.0]
+    assert anneal.factor(450) == pytest.approx(0.5) and anneal.factor(600) == pytest.approx(0.0)
+    assert anneal.factor(900) == pytest.approx(0.0)  # past the budget: still zero
+    clock = iter([0.0, 450.0, 540.0])  # start, then the two iterations
+    monkeypatch.setattr(handlers.time, "perf_counter", lambda: next(clock))
+    rates = []
+    trainer = Engine(lambda engine, batch: rates.append(optimizer.param_groups[0]["lr"]))
+    anneal.attach(trainer)
+    trainer.run([0, 1], max_epochs=1)
+    assert rates == [pytest.approx(0.05), pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 0.8)))]
+    off = Engine(lambda engine, batch: rates.append(optimizer.param_groups[0]["lr"]))
+    TimeAnnealedLR(scheduler, max_minutes=10, fraction=0.0).attach(off)
+    optimizer.param_groups[0]["lr"] = 0.1
+    off.run([0], max_epochs=1)
+    assert rates[-1] == 0.1
+    with pytest.raises(BusmonaiInputError, match="lr_anneal_fraction"):
+        TimeAnnealedLR(scheduler, max_minutes=10, fraction=1.5)

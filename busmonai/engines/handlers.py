@@ -5,6 +5,7 @@
   continues where it stopped; broken checkpoints are skipped with a warning.
 - :class:`TimeBudget`: stop training after a wall-clock budget (``max_minutes``), used by the
   demo and the benchmarks to size runs for this CPU.
+- :class:`TimeAnnealedLR`: the learning rate annealed to zero over the end of that budget.
 - :class:`StageProgress`: a progress bar for a training run and a one-line summary at its end, for
   terminals where the per-iteration log goes to a file instead.
 - :class:`PreviewGrid`: a PNG grid (and a TensorBoard image) of samples or reconstructions.
@@ -214,6 +215,53 @@ class TimeBudget:
         if self.max_seconds > 0 and time.perf_counter() - self.start >= self.max_seconds:
             logger.info("time budget of %.1f min reached at iteration %d", self.max_seconds / 60, engine.state.iteration)
             engine.terminate()
+
+
+class TimeAnnealedLR:
+    """Anneal the learning rate to zero over the last ``fraction`` of a wall-clock budget.
+
+    The stages train for ``max_minutes``, not a number of steps, so a step-based decay cannot
+    know where the run ends; this handler reads the elapsed share of the budget instead. Before
+    the last ``fraction`` the rate is the scheduler's (e.g. the warm-up, then constant); within it
+    the rate is the scheduler's times ``0.5 (1 + cos(pi s))``, ``s`` going from 0 to 1 (the cosine
+    decay of Loshchilov & Hutter, "SGDR", ICLR 2017, over the budget's end).
+
+    Args:
+        lr_scheduler: the run's scheduler (its last rate is the base of the annealed one).
+        max_minutes: the run's budget (as :class:`TimeBudget`'s; 0 or ``fraction`` 0: off).
+        fraction: the share of the budget, in (0, 1], over which the rate falls to zero.
+
+    Raises:
+        BusmonaiInputError: ``fraction`` outside [0, 1].
+    """
+
+    def __init__(self, lr_scheduler: Any, max_minutes: float = 0.0, fraction: float = 0.0) -> None:
+        if not 0.0 <= float(fraction) <= 1.0:
+            raise BusmonaiInputError(f"lr_anneal_fraction must be in [0, 1], got {fraction}")
+        self.lr_scheduler = lr_scheduler
+        self.max_seconds = 60.0 * float(max_minutes or 0.0)
+        self.fraction = float(fraction)
+        self.start = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        """Set the rate before every iteration (when a budget and a fraction are given)."""
+        if self.max_seconds > 0 and self.fraction > 0:
+            engine.add_event_handler(Events.STARTED, self._start)
+            engine.add_event_handler(Events.ITERATION_STARTED, self)
+
+    def _start(self, engine: Engine) -> None:
+        self.start = time.perf_counter()
+
+    def factor(self, elapsed_seconds: float) -> float:
+        """The multiplier of the scheduler's rate after ``elapsed_seconds`` of the budget."""
+        share = min(1.0, max(0.0, elapsed_seconds / self.max_seconds))
+        into = (share - (1.0 - self.fraction)) / self.fraction
+        return 1.0 if into <= 0 else 0.5 * (1.0 + math.cos(math.pi * min(1.0, into)))
+
+    def __call__(self, engine: Engine) -> None:
+        factor = self.factor(time.perf_counter() - self.start)
+        for group, rate in zip(self.lr_scheduler.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
+            group["lr"] = rate * factor
 
 
 def _loss_value(output: Any) -> float | None:
