@@ -49,6 +49,11 @@ def test_probe_generates_each_setup_and_measures_it(datalist32: Path, trained_au
     first, second = (sorted(p.read_bytes() for p in found) for found in images)
     assert first != second  # the guidance reached the sampler
     assert "| default |" in capsys.readouterr().out
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "probe").rglob("*.png")}
+    assert main([*common, "--row", f"default={ae},{ldm / 'model.pt'},steps=2"]) == 0  # measured again, not redrawn
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "probe").rglob("*.png")}
+    assert main([*common, "--row", f"default={ae},{ldm / 'model.pt'},steps=3"]) == 2
+    assert "generated with other steps than row 'default'" in capsys.readouterr().out
     assert main([*common, "--row", f"a={ae},{tmp_path / 'missing.pt'}"]) == 2
     assert "missing.pt does not exist" in capsys.readouterr().out
     assert main([*common, "--row", f"a={ae},{ldm / 'model.pt'}", "--row", f"a={ae},{ldm / 'model.pt'}"]) == 2

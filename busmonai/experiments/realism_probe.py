@@ -69,17 +69,42 @@ def parse_row(text: str) -> Setup:
     return Setup(name.strip(), Path(parts[0]), Path(parts[1]), sampling)
 
 
+def expected_settings(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
+    """What the synthetic datalist of ``setup`` records (``settings`` of ``busmonai generate``):
+    the row's sampling keys over ``inference.json``'s defaults, the run's size and seeds, and the
+    checkpoints' digests."""
+    from busmonai.bundles import bundle_config
+    from busmonai.files import file_digest
+
+    defaults = json.loads(bundle_config("controlnet", "inference.json").read_text())
+    expected = {key: defaults[key] for key in SAMPLING_KEYS}
+    expected.update(setup.sampling, n=args.n, seed=args.seed, image_size=args.image_size, mask_source="ellipse",
+                    checkpoints={"autoencoder": file_digest(setup.autoencoder), "ldm": file_digest(setup.ldm)})
+    return expected
+
+
 def generate(setup: Setup, args: argparse.Namespace, out: Path) -> Path:
-    """Run ``busmonai generate``'s bundle for ``setup`` into ``out`` (kept when already complete);
-    returns its datalist."""
+    """Run ``busmonai generate``'s bundle for ``setup`` into ``out``; returns its datalist. A
+    complete set already in ``out`` is measured again, not regenerated, when it records the same
+    settings and checkpoints.
+
+    Raises:
+        BusmonaiInputError: a checkpoint that does not exist, or a set in ``out`` made otherwise.
+    """
     from busmonai.bundles import bundle_config, run_config
 
-    datalist = out / "datalist.json"
-    if datalist.is_file():
-        return datalist
     for path in (setup.autoencoder, setup.ldm):
         if not path.is_file():
             raise BusmonaiInputError(f"row {setup.name!r}: {path} does not exist")
+    expected = expected_settings(setup, args)
+    datalist = out / "datalist.json"
+    if datalist.is_file():
+        recorded = json.loads(datalist.read_text()).get("settings", {})
+        differ = [key for key, value in expected.items() if recorded.get(key) != value]
+        if differ:
+            raise BusmonaiInputError(f"{datalist} was generated with other {', '.join(differ)} than row {setup.name!r}; "
+                                     "give the row another name or another --out")
+        return datalist
     run_config([bundle_config("controlnet", "inference.json")], output_dir=str(out.resolve()), n=args.n,
                mask_source="ellipse", datalist=str(Path(args.datalist).resolve()), seed=args.seed,
                image_size=args.image_size, autoencoder_ckpt=str(setup.autoencoder.resolve()),
