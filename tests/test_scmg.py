@@ -78,6 +78,23 @@ def test_rectangle_loss_is_zero_for_a_mask_equal_to_its_box() -> None:
     assert bool((rectangle_adherence_loss(torch.zeros_like(maps), maps) > 0).all())
 
 
+def test_drawn_masks_are_one_region_without_holes() -> None:
+    """A soft ring and a far speck become one filled disc: the largest component, holes filled;
+    clipped to a rectangle, only what the rectangle keeps."""
+    from busmonai.networks.scmg import binarize_masks
+
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    radius = np.hypot(yy - 16, xx - 16)
+    soft = ((radius > 4) & (radius < 9)).astype(np.float32)
+    soft[1, 30] = 1.0
+    disc = binarize_masks(torch.from_numpy(soft)[None, None])[0]
+    assert disc[16, 16] and not disc[1, 30]
+    assert disc.sum() == int((radius < 9).sum())
+    clipped = binarize_masks(torch.from_numpy(soft)[None, None], torch.tensor([[0, 0, 16, 32]]), clip_to_bbox=True)[0]
+    assert not clipped[:, 16:].any()
+    assert clipped.sum() == int(((radius > 4) & (radius < 9) & (xx < 16)).sum())  # an open half ring stays open
+
+
 def test_bad_inputs_give_clear_errors() -> None:
     generator = _tiny_generator()
     with pytest.raises(BusmonaiInputError, match="'benign', 'malignant'"):

@@ -425,7 +425,9 @@ def generate_soft_masks(generator: nn.Module, types: torch.Tensor, bboxes: torch
 
 def binarize_masks(soft: torch.Tensor, bboxes: torch.Tensor | None = None,
                    clip_to_bbox: bool = False) -> list[np.ndarray]:
-    """Threshold soft masks at ``MASK_THRESHOLD`` and keep the largest connected component.
+    """Threshold soft masks at ``MASK_THRESHOLD``, keep the largest connected component and fill its
+    holes (a lesion mask is one region without holes: 1 of BUSI's 414 training tumor masks at 64 px
+    has one, against 8 % of the malignant masks a 15-minute generator drew).
 
     Args:
         soft: ``(B, 1, H, W)`` in ``[0, 1]``.
@@ -452,5 +454,5 @@ def binarize_masks(soft: torch.Tensor, bboxes: torch.Tensor | None = None,
         if count > 1:
             sizes = ndimage.sum_labels(region, labels, index=np.arange(1, count + 1))
             region = labels == (int(np.argmax(sizes)) + 1)
-        out.append(region)
+        out.append(ndimage.binary_fill_holes(region))
     return out
