@@ -1,8 +1,8 @@
 """An exponential moving average of a network's weights, with the decay warmed up.
 
-The diffusion stages sample with their EMA weights and the SCMG generator can draw with its own
-(Karras et al., "Progressive Growing of GANs", ICLR 2018, and every StyleGAN since: an EMA of the
-generator's weights gives better samples than the last weights at no training cost).
+The diffusion stages sample with their EMA weights, and the SCMG generator can draw with its own:
+GANs have drawn with an EMA of the generator's weights since Karras et al., "Progressive Growing
+of GANs", ICLR 2018 (better samples than the last weights, at no training cost).
 """
 
 from __future__ import annotations
