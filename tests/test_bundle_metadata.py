@@ -46,7 +46,7 @@ def test_metadata(bundle: Path) -> None:
 CONFIGS = sorted((REPO / "bundles").glob("*/configs/*.json"))
 OVERRIDES = ("paper.json", "multi_gpu_train.json", "adaptive_sampler.json", "mask_input.json", "space_to_depth.json",
              "added_synthetic.json", "fixed_schedule.json", "pretrain_synthetic.json",
-             "ordinary_augmentation.json", "resunet.json", "attention_unet.json", "unetplusplus.json")
+             "ordinary_augmentation.json", "resunet.json", "attention_unet.json", "unetplusplus.json", "decoder_finetune.json")
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
