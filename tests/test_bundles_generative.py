@@ -188,7 +188,7 @@ def test_decoder_finetuning_keeps_the_encoder_and_saves_the_last_decoder(trained
     out = tmp_path / "ae_ft"
     run_bundle([AE_TRAIN, AE_DECODER_FINETUNE], datalist=str(datalist32), output_dir=str(out), image_size=32,
                max_epochs=2, val_interval=1, batch_size=4, lr=1e-2, init_ckpt=str(trained_autoencoder / "model.pt"),
-               discriminator_def=TINY_DISCRIMINATOR, **TINY_AUTOENCODER)
+               adv_weight=0.05, discriminator_def=TINY_DISCRIMINATOR, **TINY_AUTOENCODER)
     before = torch.load(trained_autoencoder / "model.pt", weights_only=True)["model"]
     after = torch.load(out / "model.pt", weights_only=True)["model"]
     final = torch.load(out / "resume_checkpoint_final=0.pt", weights_only=True)["network"]
@@ -200,7 +200,7 @@ def test_decoder_finetuning_keeps_the_encoder_and_saves_the_last_decoder(trained
     assert not all(torch.equal(before[k], after[k]) for k in decoder)
     assert all(torch.equal(after[k], final[k]) for k in after)  # the last weights, not the best-PSNR ones
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["adv_loss"] > 0 and metrics["d_loss"] > 0  # on from the first step
+    assert metrics["adv_loss"] > 0 and metrics["d_loss"] > 0  # no warm-up: on from the first step
 
 
 def test_decoder_finetuning_needs_a_trained_autoencoder(datalist32: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ the Stable Diffusion VAE on BUS images and freeze it; this trainer trains MONAI'
 
 With ``train_encoder=False`` only the decoder learns: the frozen encoder's mean latent ``mu`` is
 decoded, so the latent space (and every diffusion model trained on it) stays valid while the
-decoder is sharpened, e.g. with the adversarial term. Stability AI's improved decoders for the
+decoder is sharpened. Stability AI's improved decoders for the
 Stable Diffusion autoencoder (``sd-vae-ft-ema`` / ``sd-vae-ft-mse``) were made this way: only the
 decoder was fine-tuned, to keep every model trained on the latents compatible.
 """
@@ -28,7 +28,8 @@ from monai.inferers import Inferer
 from monai.losses import PatchAdversarialLoss
 from torch import nn
 
-__all__ = ["AutoencoderTrainer", "ReconstructionInferer", "decoder_parameters", "for_decoder_finetuning", "image_as_target", "kl_divergence"]
+__all__ = ["AutoencoderTrainer", "ReconstructionInferer", "decoder_parameters", "for_decoder_finetuning",
+           "image_as_target", "kl_divergence"]
 
 
 def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
