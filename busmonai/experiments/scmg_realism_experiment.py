@@ -62,7 +62,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mode_seeking_0.2": {"mode_seeking_weight": 0.2},
     "no_curvature": {"cur_weight": 0.0},
     "ema": {"g_ema_decay": 0.999},
-    "ema_mode_seeking_0.2": {"g_ema_decay": 0.999, "mode_seeking_weight": 0.2},
 }
 """Variant name -> bundle overrides (the defaults of ``train.json`` are the baseline)."""
 ELLIPSE = "ellipse"
