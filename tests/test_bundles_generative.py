@@ -185,8 +185,10 @@ def test_decoder_finetuning_keeps_the_encoder_and_saves_the_last_decoder(trained
     """The latent space stays valid: every encoder weight is unchanged, the decoder learned, and
     ``model.pt`` holds the last weights (an adversarial fine-tune lowers PSNR, so the best-PSNR
     choice would undo it)."""
+    from busmonai.engines.checkpoints import AtomicCheckpointSaver
+
     out = tmp_path / "ae_ft"
-    run_bundle([AE_TRAIN, AE_DECODER_FINETUNE], datalist=str(datalist32), output_dir=str(out), image_size=32,
+    workflow = run_bundle([AE_TRAIN, AE_DECODER_FINETUNE], datalist=str(datalist32), output_dir=str(out), image_size=32,
                max_epochs=2, val_interval=1, batch_size=4, lr=1e-2, init_ckpt=str(trained_autoencoder / "model.pt"),
                adv_weight=0.05, discriminator_def=TINY_DISCRIMINATOR, **TINY_AUTOENCODER)
     before = torch.load(trained_autoencoder / "model.pt", weights_only=True)["model"]
@@ -199,6 +201,9 @@ def test_decoder_finetuning_keeps_the_encoder_and_saves_the_last_decoder(trained
     assert all(torch.equal(before[k], after[k]) for k in encoder)
     assert not all(torch.equal(before[k], after[k]) for k in decoder)
     assert all(torch.equal(after[k], final[k]) for k in after)  # the last weights, not the best-PSNR ones
+    # and not by chance: no best-PSNR copy is written (the last epoch may also be the best one)
+    savers = [h for h in workflow.parser.get_parsed_content("validate#handlers") if isinstance(h, AtomicCheckpointSaver)]
+    assert savers and all(saver._key_metric_checkpoint is None for saver in savers)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["adv_loss"] > 0 and metrics["d_loss"] > 0  # no warm-up: on from the first step
 

@@ -31,9 +31,9 @@ Real BUSI sweep (64 px, one network per task, 5 seeds; the fixed-step protocol o
 cosine schedule and the last weights)::
 
     busmonai prepare busi --root ../shared/data/Dataset_BUSI_with_GT --out data/busi64 --size 64
-    python scripts/downstream_sweep.py --task segmentation --datalist data/busi64/datalist.json \
-        --synthetic filtered=data/synthetic_filtered/datalist.json --synthetic background=data/synthetic_bg/datalist.json \
-        --ratios 0,ordinary,filtered:0.5,filtered:1,filtered:1+ordinary,background:1+ordinary \
+    python scripts/downstream_sweep.py --task segmentation --datalist data/busi64/datalist.json \\
+        --synthetic filtered=data/synthetic_filtered/datalist.json --synthetic background=data/synthetic_bg/datalist.json \\
+        --ratios 0,ordinary,filtered:0.5,filtered:1,filtered:1+ordinary,background:1+ordinary \\
         --minutes 0 --max-epochs 40 --protocol added --schedule fixed --threads 1 --out runs/sweep_segmentation
     python scripts/downstream_sweep.py --task classification ... --max-epochs 15 ... --out runs/sweep_classification
 
